@@ -1,0 +1,193 @@
+//! TLS client connections with the knobs the tests turn: protocol version, cipher, receive
+//! buffer size, ALPN, session resumption and TLS 1.3 early data.
+
+use crate::config::expect_kernel;
+use openssl::ssl::{
+    Ssl, SslContext, SslMethod, SslSession, SslSessionCacheMode, SslStream, SslVerifyMode,
+    SslVersion,
+};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    pub const BOTH: [TlsVersion; 2] = [TlsVersion::Tls12, TlsVersion::Tls13];
+
+    fn openssl(self) -> SslVersion {
+        match self {
+            TlsVersion::Tls12 => SslVersion::TLS1_2,
+            TlsVersion::Tls13 => SslVersion::TLS1_3,
+        }
+    }
+
+    /// As nginx's `$ssl_protocol` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "TLSv1.2",
+            TlsVersion::Tls13 => "TLSv1.3",
+        }
+    }
+}
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct ClientOpts {
+    pub version: TlsVersion,
+    /// A TLS 1.3 ciphersuite name or a TLS 1.2 cipher list, depending on `version`.
+    pub cipher: Option<String>,
+    /// SO_RCVBUF, set before connect() so the TCP window is negotiated with it.
+    pub rcvbuf: Option<usize>,
+    /// Offer ALPN "h2".
+    pub h2: bool,
+    /// Timeout of every connect, read and write: nothing waits forever.
+    pub timeout: Duration,
+}
+
+impl ClientOpts {
+    pub fn new(version: TlsVersion) -> ClientOpts {
+        ClientOpts {
+            version,
+            cipher: None,
+            rcvbuf: None,
+            h2: false,
+            // Slow reads under UML take longer; a hang is still caught.
+            timeout: Duration::from_secs(if expect_kernel() { 120 } else { 30 }),
+        }
+    }
+
+    pub fn cipher(mut self, c: &str) -> ClientOpts {
+        self.cipher = Some(c.to_string());
+        self
+    }
+
+    pub fn rcvbuf(mut self, bytes: usize) -> ClientOpts {
+        self.rcvbuf = Some(bytes);
+        self
+    }
+
+    pub fn h2(mut self) -> ClientOpts {
+        self.h2 = true;
+        self
+    }
+
+    fn context(&self, latest: Arc<Mutex<Option<SslSession>>>) -> SslContext {
+        let mut b = SslContext::builder(SslMethod::tls_client()).expect("SSL_CTX_new");
+        b.set_verify(SslVerifyMode::NONE);
+        b.set_min_proto_version(Some(self.version.openssl()))
+            .expect("min version");
+        b.set_max_proto_version(Some(self.version.openssl()))
+            .expect("max version");
+        if let Some(c) = &self.cipher {
+            match self.version {
+                TlsVersion::Tls13 => b.set_ciphersuites(c),
+                TlsVersion::Tls12 => b.set_cipher_list(c),
+            }
+            .unwrap_or_else(|e| panic!("cipher {c}: {e}"));
+        }
+        if self.h2 {
+            b.set_alpn_protos(b"\x02h2").expect("ALPN");
+        }
+        // TLS 1.3 tickets arrive after the handshake, during a read; the callback keeps the
+        // newest so that a later connection can resume (and send early data).
+        b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+        b.set_new_session_callback(move |_, session| {
+            *latest.lock().unwrap() = Some(session);
+        });
+        b.build()
+    }
+
+    fn tcp(&self, port: u16) -> io::Result<TcpStream> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        if let Some(n) = self.rcvbuf {
+            s.set_recv_buffer_size(n)?;
+        }
+        s.connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)).into(),
+            self.timeout,
+        )?;
+        s.set_read_timeout(Some(self.timeout))?;
+        s.set_write_timeout(Some(self.timeout))?;
+        s.set_nodelay(true)?;
+        Ok(s.into())
+    }
+}
+
+/// An established TLS connection.
+pub struct TlsConn {
+    pub stream: SslStream<TcpStream>,
+    latest_session: Arc<Mutex<Option<SslSession>>>,
+}
+
+impl TlsConn {
+    /// A full handshake.
+    pub fn connect(port: u16, opts: &ClientOpts) -> io::Result<TlsConn> {
+        let latest = Arc::new(Mutex::new(None));
+        let ssl = Ssl::new(&opts.context(latest.clone())).map_err(io::Error::other)?;
+        let stream = ssl
+            .connect(opts.tcp(port)?)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(TlsConn {
+            stream,
+            latest_session: latest,
+        })
+    }
+
+    /// Resumes `session`; with `early` non-empty, sends it as TLS 1.3 early data (0-RTT) before
+    /// completing the handshake. Returns the connection once the handshake is complete.
+    pub fn resume(
+        port: u16,
+        opts: &ClientOpts,
+        session: &SslSession,
+        early: &[u8],
+    ) -> io::Result<TlsConn> {
+        let latest = Arc::new(Mutex::new(None));
+        let mut ssl = Ssl::new(&opts.context(latest.clone())).map_err(io::Error::other)?;
+        // SAFETY: the session comes from a context with the same protocol settings.
+        unsafe { ssl.set_session(session) }.map_err(io::Error::other)?;
+        let mut stream = SslStream::new(ssl, opts.tcp(port)?).map_err(io::Error::other)?;
+        let mut sent = 0;
+        while sent < early.len() {
+            sent += stream
+                .write_early_data(&early[sent..])
+                .map_err(|e| io::Error::other(format!("SSL_write_early_data: {e}")))?;
+        }
+        stream
+            .connect()
+            .map_err(|e| io::Error::other(format!("SSL_connect: {e}")))?;
+        Ok(TlsConn {
+            stream,
+            latest_session: latest,
+        })
+    }
+
+    /// The newest session (ticket) the server gave this connection, if one arrived yet.
+    pub fn session(&self) -> Option<SslSession> {
+        self.latest_session.lock().unwrap().clone()
+    }
+
+    pub fn reused(&self) -> bool {
+        self.stream.ssl().session_reused()
+    }
+
+    pub fn cipher(&self) -> String {
+        self.stream
+            .ssl()
+            .current_cipher()
+            .map(|c| c.name().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Writes all of `data` (bounded by the write timeout).
+    pub fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.stream.write_all(data)?;
+        self.stream.flush()
+    }
+}
