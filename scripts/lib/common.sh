@@ -1,0 +1,53 @@
+# Shared by the scripts in scripts/: package installation and the build.
+# Sourced, not run.
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# Where the scripts put what they build: the nginx binary and the module.
+KTLS_OUT="$REPO/target/ktls"
+# Debug logging is what operators use to check the send path, so the
+# vendored nginx is always built with it.
+export NGX_CONFIGURE_ARGS="${NGX_CONFIGURE_ARGS:---with-debug}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Installs the Debian packages that are not installed yet.
+ensure_packages() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    if [ -z "${KTLS_APT_UPDATED:-}" ]; then
+        timeout 600 apt-get update -qq || die "apt-get update failed"
+        export KTLS_APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+}
+
+# What building nginx and the module needs: a C toolchain and the headers
+# of the libraries nginx links (system OpenSSL, PCRE2, zlib), libclang for
+# bindgen.
+ensure_build_deps() {
+    command -v cargo >/dev/null || die "cargo is required (rustup's toolchain, Rust >= 1.81)"
+    ensure_packages build-essential pkg-config libclang-dev libssl-dev libpcre2-dev zlib1g-dev \
+        openssl ca-certificates
+}
+
+# Builds nginx 1.28 (nginx-src crate, --with-debug) and the module against
+# it, once; copies both to target/ktls/.
+build_vendored() {
+    ensure_build_deps
+    log "building nginx and the module (cargo build --release --features vendored)"
+    (cd "$REPO" && cargo build --release --features vendored --quiet) || die "build failed"
+    local objs
+    objs=$(ls -td "$REPO"/target/release/build/nginx-sys-*/out/objs 2>/dev/null | head -n 1)
+    [ -x "$objs/nginx" ] || die "the vendored nginx binary was not built"
+    mkdir -p "$KTLS_OUT"
+    install -m 0755 "$objs/nginx" "$KTLS_OUT/nginx"
+    install -m 0755 "$REPO/target/release/libngx_http_ktls_module.so" \
+        "$KTLS_OUT/ngx_http_ktls_module.so"
+}

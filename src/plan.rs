@@ -1,0 +1,228 @@
+//! The send-chain algorithm, free of nginx and OpenSSL.
+//!
+//! This decides what goes out next and how: memory bytes are gathered into the
+//! connection's TLS buffer (`ssl_buffer_size`) and written as TLS records,
+//! neighbouring file buffers go out with one `SSL_sendfile()` when kTLS may be
+//! bypassed into, and file bytes are read into the buffer when it may not.  It
+//! follows `ngx_ssl_send_chain()` (nginx 1.28) step by step, so that flushing,
+//! `limit` and the "buffered" state behave exactly as there; what nginx does
+//! not do (reading a file buffer into memory when `SSL_sendfile()` must not be
+//! used right now) is marked where it happens.
+//!
+//! The nginx side implements [`Chain`] over `ngx_chain_t` and [`Transport`]
+//! over the SSL connection; unit tests implement both over plain vectors.
+
+/// What kind of data a buffer holds, as far as sending is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// No data: a flush, last_buf or sync marker (`ngx_buf_special()`).
+    Special,
+    /// Bytes in memory.
+    Memory,
+    /// Bytes in a file; `in_memory` says whether the same bytes are also in
+    /// memory (then they can be copied rather than read when sendfile is out).
+    File { in_memory: bool },
+}
+
+/// The head of the chain as the algorithm sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub kind: Kind,
+    /// Bytes left in this buffer (`ngx_buf_size()`).
+    pub size: u64,
+    /// The buffer asks for everything before it to be sent now.
+    pub flush: bool,
+}
+
+/// The chain of buffers to send, consumed from the front.
+pub trait Chain {
+    /// The first buffer left, if any.
+    fn head(&self) -> Option<Head>;
+    /// Drops the head (a special buffer).
+    fn skip(&mut self);
+    /// Copies the head's memory bytes into `dst` (at most `dst.len()`), and
+    /// advances past them.
+    fn copy_memory(&mut self, dst: &mut [u8]);
+    /// Reads the head's file bytes into `dst` (exactly `dst.len()`), and
+    /// advances past them.  A short read means the file shrank: the
+    /// implementation logs why and the connection is closed.
+    fn read_file(&mut self, dst: &mut [u8]) -> Result<(), Fatal>;
+    /// How many bytes the run of neighbouring file buffers starting at the
+    /// head holds, at most `max` (`ngx_chain_coalesce_file()`).
+    fn file_run(&self, max: u64) -> u64;
+    /// Marks `n` bytes from the head as sent (`ngx_chain_update_sent()`).
+    fn consume(&mut self, n: u64);
+}
+
+/// Outcome of one write to the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// That many bytes were accepted (at least one).
+    Sent(usize),
+    /// Nothing was accepted; wait for the event that OpenSSL asked for.
+    Again,
+}
+
+/// The connection failed; the implementation has logged why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fatal;
+
+/// The TLS connection that the bytes go to.
+pub trait Transport<C: Chain> {
+    /// Whether file bytes may be handed to `SSL_sendfile()` now: kTLS is on
+    /// for sending and OpenSSL has nothing of its own still to write.
+    fn sendfile_allowed(&mut self) -> bool;
+    /// Sends `data` as TLS records (`SSL_write()`, or
+    /// `SSL_write_early_data()` while the connection is in 0-RTT).
+    fn write(&mut self, data: &[u8]) -> Result<Io, Fatal>;
+    /// Sends `len` bytes of the file run at the chain's head with
+    /// `SSL_sendfile()`.
+    fn sendfile(&mut self, chain: &C, len: usize) -> Result<Io, Fatal>;
+}
+
+/// The connection's TLS buffer (`c->ssl->buf`): bytes `pos..last` of `mem`
+/// are waiting to be written.
+pub struct SendBuf<'a> {
+    pub mem: &'a mut [u8],
+    pub pos: usize,
+    pub last: usize,
+    /// Set when the buffered bytes must go out without waiting for more
+    /// (`buf->flush`).
+    pub flush: bool,
+}
+
+impl SendBuf<'_> {
+    fn pending(&self) -> usize {
+        self.last - self.pos
+    }
+
+    fn free(&self) -> usize {
+        self.mem.len() - self.last
+    }
+}
+
+/// Largest amount one call sends: nginx's bound, the largest `int32_t`
+/// minus a page, so that counts fit the `int` OpenSSL returns.
+pub fn effective_limit(limit: i64, pagesize: u64) -> u64 {
+    let max = i32::MAX as u64 - pagesize;
+    if limit <= 0 || limit as u64 > max {
+        max
+    } else {
+        limit as u64
+    }
+}
+
+/// Sends as much of `chain` as the connection takes, within `limit` bytes
+/// (already passed through [`effective_limit`]).  Returns whether bytes are
+/// left in the buffer (`NGX_SSL_BUFFERED`).
+pub fn send_chain<C: Chain, T: Transport<C>>(
+    chain: &mut C,
+    buf: &mut SendBuf<'_>,
+    io: &mut T,
+    limit: u64,
+) -> Result<bool, Fatal> {
+    let mut send = buf.pending() as u64;
+    let mut flush = chain.head().is_none() || buf.flush;
+
+    loop {
+        while buf.free() > 0 && send < limit {
+            let Some(head) = chain.head() else { break };
+
+            if head.flush {
+                flush = true;
+            }
+
+            let room = buf.free().min((limit - send) as usize);
+            let size = room.min(usize::try_from(head.size).unwrap_or(usize::MAX));
+            let last = buf.last;
+
+            match head.kind {
+                Kind::Special => {
+                    chain.skip();
+                    continue;
+                }
+                Kind::File { .. } if io.sendfile_allowed() => {
+                    flush = true;
+                    break;
+                }
+                Kind::Memory | Kind::File { in_memory: true } => {
+                    chain.copy_memory(&mut buf.mem[last..last + size]);
+                }
+                // Not in nginx, which never sees a file buffer without
+                // kTLS: it is read into the buffer, as nginx's copy filter
+                // would have done had it known.
+                Kind::File { in_memory: false } => {
+                    chain.read_file(&mut buf.mem[last..last + size])?;
+                }
+            }
+
+            buf.last += size;
+            send += size as u64;
+        }
+
+        if !flush && send < limit && buf.free() > 0 {
+            break;
+        }
+
+        let size = buf.pending();
+
+        if size == 0 {
+            let file_next = matches!(
+                chain.head(),
+                Some(Head {
+                    kind: Kind::File { .. },
+                    ..
+                })
+            );
+
+            if file_next && send < limit {
+                if !io.sendfile_allowed() {
+                    // OpenSSL took back the right to be bypassed while the
+                    // buffer was written: read the file instead.
+                    continue;
+                }
+
+                let run = chain.file_run(limit - send);
+                let run = usize::try_from(run).unwrap_or(usize::MAX);
+
+                match io.sendfile(chain, run)? {
+                    Io::Sent(n) => {
+                        chain.consume(n as u64);
+                        send += n as u64;
+                        flush = false;
+                        continue;
+                    }
+                    Io::Again => break,
+                }
+            }
+
+            buf.flush = false;
+            return Ok(false);
+        }
+
+        let n = match io.write(&buf.mem[buf.pos..buf.last])? {
+            Io::Sent(n) => n,
+            Io::Again => break,
+        };
+
+        buf.pos += n;
+
+        if n < size {
+            break;
+        }
+
+        flush = false;
+        buf.pos = 0;
+        buf.last = 0;
+
+        if chain.head().is_none() || send >= limit {
+            break;
+        }
+    }
+
+    buf.flush = flush;
+    Ok(buf.pos < buf.last)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,404 @@
+//! Writes to a TLS connection through OpenSSL, the way nginx does.
+//!
+//! One function per nginx function: [`write`] is `ngx_ssl_write()`,
+//! [`write_early`] is `ngx_ssl_write_early()`, [`sendfile`] is
+//! `ngx_ssl_sendfile()`, with the same debug lines, the same handler swaps
+//! on WANT_READ / WANT_WRITE, the same `write_blocked` handling for 0-RTT,
+//! and the same error levels.  nginx's helpers for these are `static`, so the
+//! module has its own ([`restore_read_handler`], [`ssl_read_handler`],
+//! [`clear_error`], [`connection_error`]); they work on the same fields of
+//! `ngx_ssl_connection_t`, so nginx's read path and this write path hand
+//! the saved handlers to each other as nginx's own functions do.
+
+use core::ffi::{c_char, c_int, CStr};
+use core::ptr;
+
+use nginx_sys::{
+    ngx_buf_t, ngx_connection_t, ngx_errno, ngx_event_t, ngx_handle_read_event, ngx_log_t,
+    ngx_post_event, ngx_posted_events, ngx_set_errno, ngx_ssl_error, BIO_ctrl, ERR_clear_error,
+    ERR_peek_error, ERR_peek_last_error, SSL_get_error, SSL_get_key_update_type, SSL_get_rbio,
+    SSL_get_wbio, SSL_is_init_finished, SSL_sendfile, SSL_write, SSL_write_early_data,
+    BIO_CTRL_GET_KTLS_RECV, BIO_CTRL_GET_KTLS_SEND, ERR_REASON_MASK, NGX_LOG_ALERT, SSL,
+    SSL_ERROR_SSL, SSL_ERROR_SYSCALL, SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE,
+    SSL_ERROR_ZERO_RETURN, SSL_KEY_UPDATE_NONE, SSL_R_UNINITIALIZED,
+};
+
+use crate::error_level::error_level;
+use crate::plan::{Fatal, Io};
+
+/// The OpenSSL object of a TLS connection.
+///
+/// # Safety
+/// `c` must be a live connection with `c->ssl` set.
+unsafe fn ssl_of(c: *mut ngx_connection_t) -> *mut SSL {
+    // SAFETY: the caller guarantees c and c->ssl are valid.
+    unsafe { (*(*c).ssl).connection }
+}
+
+/// Whether kTLS encrypts what this connection sends (`BIO_get_ktls_send()`).
+///
+/// # Safety
+/// `ssl` must be a live OpenSSL connection.
+pub unsafe fn ktls_send(ssl: *mut SSL) -> bool {
+    // SAFETY: BIO_get_ktls_send() is this BIO_ctrl() call; a NULL BIO
+    // (no socket attached) answers 0.
+    unsafe {
+        BIO_ctrl(
+            SSL_get_wbio(ssl),
+            BIO_CTRL_GET_KTLS_SEND as c_int,
+            0,
+            ptr::null_mut(),
+        ) == 1
+    }
+}
+
+/// Whether kTLS decrypts what this connection receives (`BIO_get_ktls_recv()`).
+///
+/// # Safety
+/// `ssl` must be a live OpenSSL connection.
+pub unsafe fn ktls_recv(ssl: *mut SSL) -> bool {
+    // SAFETY: as for ktls_send().
+    unsafe {
+        BIO_ctrl(
+            SSL_get_rbio(ssl),
+            BIO_CTRL_GET_KTLS_RECV as c_int,
+            0,
+            ptr::null_mut(),
+        ) == 1
+    }
+}
+
+/// Whether `SSL_sendfile()` may write to the socket now, going around
+/// OpenSSL's record layer.
+///
+/// It may not while OpenSSL has bytes of its own to write first, or they
+/// could end up after (or inside, if a handshake message spans records) the
+/// file's records.  From OpenSSL's source (3.0 to 3.5, `ssl/statem`,
+/// `ssl/record/rec_layer_s3.c`): post-handshake messages the server writes
+/// (TLS 1.3 NewSessionTicket, a KeyUpdate reply) are written by the state
+/// machine, which keeps the connection "in init" until the whole message has
+/// been flushed to the socket, so `SSL_is_init_finished()` is 0 while any
+/// such write is unfinished — including during 0-RTT, where the tickets have
+/// not been written yet.  A KeyUpdate that was requested but not started
+/// shows in `SSL_get_key_update_type()`; `SSL_write()` would send it first.
+/// A pending alert is flushed by `SSL_sendfile()` itself.  The remaining
+/// case, an application record that `SSL_write()` left half-written, is
+/// excluded by the caller: the TLS buffer is always empty before a sendfile.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+pub unsafe fn sendfile_allowed(c: *mut ngx_connection_t) -> bool {
+    // SAFETY: the caller guarantees a live TLS connection.
+    unsafe {
+        let ssl = ssl_of(c);
+        ktls_send(ssl)
+            && SSL_is_init_finished(ssl) == 1
+            && SSL_get_key_update_type(ssl) == SSL_KEY_UPDATE_NONE
+    }
+}
+
+/// `ngx_ssl_clear_error()`: errors left in OpenSSL's queue by someone else
+/// would be blamed on this write.
+///
+/// # Safety
+/// `log` must be a valid log.
+unsafe fn clear_error(log: *mut ngx_log_t) {
+    // SAFETY: OpenSSL's error queue is per thread; ngx_ssl_error() logs and
+    // pops one entry per call.
+    unsafe {
+        while ERR_peek_error() != 0 {
+            ngx_ssl_error(
+                NGX_LOG_ALERT as _,
+                log,
+                0,
+                c"ignoring stale global SSL error".as_ptr().cast_mut(),
+            );
+        }
+        ERR_clear_error();
+    }
+}
+
+/// `ngx_ssl_connection_error()`: logs a failed operation at the level nginx
+/// uses for that failure.
+///
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn connection_error(c: *mut ngx_connection_t, sslerr: u32, err: i32, text: &CStr) {
+    // SAFETY: ERR_peek_last_error() only reads this thread's error queue;
+    // ngx_ssl_error() formats "%s" with a NUL-terminated string.
+    unsafe {
+        let reason = (ERR_peek_last_error() & ERR_REASON_MASK as u64) as u32;
+        let level = error_level(sslerr, err, reason, (*c).log_error());
+        ngx_ssl_error(
+            level as _,
+            (*c).log,
+            err,
+            c"%s".as_ptr().cast_mut(),
+            text.as_ptr() as *const c_char,
+        );
+    }
+}
+
+/// The read handler set while a write waits for the socket to become
+/// readable (`ngx_ssl_read_handler()`): readability means the write can go on.
+unsafe extern "C" fn ssl_read_handler(rev: *mut ngx_event_t) {
+    // SAFETY: nginx calls event handlers with a live event whose data is
+    // its connection.
+    unsafe {
+        let c = (*rev).data as *mut ngx_connection_t;
+        debug!((*c).log, "SSL read handler");
+        let wev = (*c).write;
+        if let Some(handler) = (*wev).handler {
+            handler(wev);
+        }
+    }
+}
+
+/// A write made progress: the read handler that a WANT_READ replaced gets its
+/// event back, posted so that reading resumes.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+unsafe fn restore_read_handler(c: *mut ngx_connection_t) -> Result<(), Fatal> {
+    // SAFETY: c, c->ssl and c->read are valid for a live TLS connection.
+    unsafe {
+        let ssl = (*c).ssl;
+        let Some(saved) = (*ssl).saved_read_handler else {
+            return Ok(());
+        };
+        let rev = (*c).read;
+        (*rev).handler = Some(saved);
+        (*ssl).saved_read_handler = None;
+        (*rev).set_ready(1);
+        if ngx_handle_read_event(rev, 0) != 0 {
+            return Err(Fatal);
+        }
+        ngx_post_event(rev, ptr::addr_of_mut!(ngx_posted_events));
+        Ok(())
+    }
+}
+
+/// The write needs the socket to become readable: wait for it, and run the
+/// write handler when it is.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+unsafe fn wait_readable(c: *mut ngx_connection_t) -> Result<Io, Fatal> {
+    // SAFETY: as for restore_read_handler().
+    unsafe {
+        let rev = (*c).read;
+        (*rev).set_ready(0);
+        if ngx_handle_read_event(rev, 0) != 0 {
+            return Err(Fatal);
+        }
+        // No timer: the write event's timer already bounds this wait.
+        let ssl = (*c).ssl;
+        if (*ssl).saved_read_handler.is_none() {
+            (*ssl).saved_read_handler = (*rev).handler;
+            (*rev).handler = Some(ssl_read_handler);
+        }
+        Ok(Io::Again)
+    }
+}
+
+/// The connection cannot be written to any more: no close_notify, and the
+/// failure logged.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+unsafe fn fail(c: *mut ngx_connection_t, sslerr: u32, err: i32, text: &CStr) -> Fatal {
+    // SAFETY: as for restore_read_handler().
+    unsafe {
+        let ssl = (*c).ssl;
+        (*ssl).set_no_wait_shutdown(1);
+        (*ssl).set_no_send_shutdown(1);
+        (*(*c).write).set_error(1);
+        connection_error(c, sslerr, err, text);
+    }
+    Fatal
+}
+
+/// `ngx_ssl_write()`: sends `data` as TLS application data.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+pub unsafe fn write(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> {
+    // SAFETY: the caller guarantees a live TLS connection; data is a valid
+    // slice for the duration of the call.
+    unsafe {
+        if (*(*c).ssl).in_early() != 0 {
+            return write_early(c, data);
+        }
+
+        clear_error((*c).log);
+        debug!((*c).log, "SSL to write: {}", data.len());
+
+        let len = c_int::try_from(data.len()).unwrap_or(c_int::MAX);
+        let n = SSL_write(ssl_of(c), data.as_ptr().cast(), len);
+        debug!((*c).log, "SSL_write: {}", n);
+
+        if n > 0 {
+            restore_read_handler(c)?;
+            (*c).sent += n as i64;
+            return Ok(Io::Sent(n as usize));
+        }
+
+        let mut sslerr = SSL_get_error(ssl_of(c), n) as u32;
+        if sslerr == SSL_ERROR_ZERO_RETURN {
+            // OpenSSL 1.1.1 says ZERO_RETURN for a write that failed after
+            // the peer's close_notify; it is a system error.
+            sslerr = SSL_ERROR_SYSCALL;
+        }
+        let err = if sslerr == SSL_ERROR_SYSCALL {
+            ngx_errno()
+        } else {
+            0
+        };
+        debug!((*c).log, "SSL_get_error: {}", sslerr);
+
+        match sslerr {
+            SSL_ERROR_WANT_WRITE => {
+                restore_read_handler(c)?;
+                (*(*c).write).set_ready(0);
+                Ok(Io::Again)
+            }
+            SSL_ERROR_WANT_READ => {
+                debug!((*c).log, "SSL_write: want read");
+                wait_readable(c)
+            }
+            _ => Err(fail(c, sslerr, err, c"SSL_write() failed")),
+        }
+    }
+}
+
+/// `ngx_ssl_write_early()`: sends `data` while the connection is still in
+/// TLS 1.3 0-RTT.
+///
+/// While such a write is blocked, nginx's `ngx_ssl_recv_early()` does not
+/// read (OpenSSL cannot, issue 7757): `write_blocked` says so, and the read
+/// event posted when the write completes is what unlocks reading again.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+unsafe fn write_early(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> {
+    // SAFETY: as for write().
+    unsafe {
+        clear_error((*c).log);
+        debug!((*c).log, "SSL to write: {}", data.len());
+
+        let mut written = 0usize;
+        let n = SSL_write_early_data(ssl_of(c), data.as_ptr().cast(), data.len(), &mut written);
+        debug!((*c).log, "SSL_write_early_data: {}, {}", n, written);
+
+        if n > 0 {
+            restore_read_handler(c)?;
+            let ssl = (*c).ssl;
+            if (*ssl).write_blocked() != 0 {
+                (*ssl).set_write_blocked(0);
+                ngx_post_event((*c).read, ptr::addr_of_mut!(ngx_posted_events));
+            }
+            (*c).sent += written as i64;
+            return Ok(Io::Sent(written));
+        }
+
+        let sslerr = SSL_get_error(ssl_of(c), n) as u32;
+        let err = if sslerr == SSL_ERROR_SYSCALL {
+            ngx_errno()
+        } else {
+            0
+        };
+        debug!((*c).log, "SSL_get_error: {}", sslerr);
+
+        match sslerr {
+            SSL_ERROR_WANT_WRITE => {
+                debug!((*c).log, "SSL_write_early_data: want write");
+                restore_read_handler(c)?;
+                (*(*c).ssl).set_write_blocked(1);
+                (*(*c).write).set_ready(0);
+                Ok(Io::Again)
+            }
+            SSL_ERROR_WANT_READ => {
+                debug!((*c).log, "SSL_write_early_data: want read");
+                wait_readable(c)
+            }
+            _ => Err(fail(c, sslerr, err, c"SSL_write_early_data() failed")),
+        }
+    }
+}
+
+/// `ngx_ssl_sendfile()`: sends `size` bytes of `file`'s file from its
+/// current position with `SSL_sendfile()`.
+///
+/// # Safety
+/// `c` must be a live TLS connection with kTLS sending, and `file` a live
+/// buffer in a file.
+pub unsafe fn sendfile(
+    c: *mut ngx_connection_t,
+    file: *const ngx_buf_t,
+    size: usize,
+) -> Result<Io, Fatal> {
+    // SAFETY: the caller guarantees both; the file descriptor stays open
+    // while its buffer is in the chain.
+    unsafe {
+        clear_error((*c).log);
+        let pos = (*file).file_pos;
+        debug!((*c).log, "SSL to sendfile: @{} {}", pos, size);
+
+        ngx_set_errno(0);
+        // Linux has no sendfile flags (FreeBSD's SF_NODISKIO is not here).
+        let n = SSL_sendfile(ssl_of(c), (*(*file).file).fd, pos, size, 0);
+        debug!((*c).log, "SSL_sendfile: {}", n);
+
+        if n > 0 {
+            restore_read_handler(c)?;
+            (*c).sent += n as i64;
+            crate::state::add_sendfile_bytes(ssl_of(c), n as u64);
+            return Ok(Io::Sent(n as usize));
+        }
+
+        if n == 0 {
+            // sendfile() returns 0 at end of file: someone truncated it.
+            let name = CStr::from_ptr((*(*file).file).name.data as *const c_char);
+            log_error!(
+                NGX_LOG_ALERT,
+                (*c).log,
+                "SSL_sendfile() reported that \"{}\" was truncated at {}",
+                name.to_string_lossy(),
+                pos
+            );
+            return Err(Fatal);
+        }
+
+        let mut sslerr = SSL_get_error(ssl_of(c), n as c_int) as u32;
+        if sslerr == SSL_ERROR_ZERO_RETURN {
+            sslerr = SSL_ERROR_SYSCALL;
+        }
+        if sslerr == SSL_ERROR_SSL
+            && (ERR_peek_error() & ERR_REASON_MASK as u64) as u32 == SSL_R_UNINITIALIZED
+            && ngx_errno() != 0
+        {
+            // OpenSSL before 3.4 reports a failed sendfile() (EPIPE and
+            // others) as SSL_R_UNINITIALIZED; errno tells what happened.
+            sslerr = SSL_ERROR_SYSCALL;
+        }
+        let err = if sslerr == SSL_ERROR_SYSCALL {
+            ngx_errno()
+        } else {
+            0
+        };
+        debug!((*c).log, "SSL_get_error: {}", sslerr);
+
+        match sslerr {
+            SSL_ERROR_WANT_WRITE => {
+                restore_read_handler(c)?;
+                (*(*c).write).set_ready(0);
+                Ok(Io::Again)
+            }
+            SSL_ERROR_WANT_READ => {
+                debug!((*c).log, "SSL_sendfile: want read");
+                wait_readable(c)
+            }
+            _ => Err(fail(c, sslerr, err, c"SSL_sendfile() failed")),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! What the module keeps per TLS connection, attached to the OpenSSL object.
+//!
+//! nginx's connection has no slot for a module; the `SSL` object has
+//! ex_data slots, lives exactly as long as the TLS connection, and is shared
+//! by HTTP/2's stream connections, so `$ktls_sendfile_bytes` reads the same
+//! counter from any request on the connection.
+
+use core::ffi::c_int;
+use core::ptr;
+use core::sync::atomic::{AtomicI32, Ordering};
+
+use nginx_sys::{
+    ngx_pcalloc, ngx_pool_t, CRYPTO_get_ex_new_index, SSL_get_ex_data, SSL_set_ex_data,
+    CRYPTO_EX_INDEX_SSL, SSL,
+};
+
+/// Per-connection state.
+#[derive(Default)]
+pub struct ConnState {
+    /// Bytes sent with `SSL_sendfile()` so far.
+    pub sendfile_bytes: u64,
+}
+
+static EX_INDEX: AtomicI32 = AtomicI32::new(-1);
+
+/// Reserves the ex_data slot; once per process, at configuration time.
+pub fn init() -> Result<(), ()> {
+    if EX_INDEX.load(Ordering::Relaxed) >= 0 {
+        return Ok(());
+    }
+    // SAFETY: SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL) is this call;
+    // no callbacks, since the state lives in the connection's pool.
+    let index = unsafe {
+        CRYPTO_get_ex_new_index(
+            CRYPTO_EX_INDEX_SSL as c_int,
+            0,
+            ptr::null_mut(),
+            None,
+            None,
+            None,
+        )
+    };
+    if index < 0 {
+        return Err(());
+    }
+    EX_INDEX.store(index, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The state of `ssl`, if the module has taken the connection over.
+///
+/// # Safety
+/// `ssl` must be a live OpenSSL connection.
+pub unsafe fn get(ssl: *mut SSL) -> Option<&'static mut ConnState> {
+    let index = EX_INDEX.load(Ordering::Relaxed);
+    if index < 0 {
+        return None;
+    }
+    // SAFETY: the slot holds NULL or a ConnState from attach(), which lives
+    // in the connection's pool, destroyed after the SSL object is freed.
+    unsafe { SSL_get_ex_data(ssl, index).cast::<ConnState>().as_mut() }
+}
+
+/// Gives `ssl` a zeroed state allocated from `pool`.
+///
+/// # Safety
+/// `ssl` must be a live OpenSSL connection and `pool` its connection's pool.
+pub unsafe fn attach(ssl: *mut SSL, pool: *mut ngx_pool_t) -> Result<(), ()> {
+    let index = EX_INDEX.load(Ordering::Relaxed);
+    // SAFETY: ngx_pcalloc() returns zeroed memory aligned for any type, and
+    // a zeroed ConnState is its default.
+    unsafe {
+        let state = ngx_pcalloc(pool, core::mem::size_of::<ConnState>());
+        if index < 0 || state.is_null() || SSL_set_ex_data(ssl, index, state) != 1 {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+/// Counts bytes sent with `SSL_sendfile()`.
+///
+/// # Safety
+/// `ssl` must be a live OpenSSL connection.
+pub unsafe fn add_sendfile_bytes(ssl: *mut SSL, n: u64) {
+    // SAFETY: forwarded from the caller.
+    if let Some(state) = unsafe { get(ssl) } {
+        state.sendfile_bytes += n;
+    }
+}

@@ -1,0 +1,166 @@
+//! Installs the module's send functions on TLS connections, and those
+//! functions themselves (`c->send_chain`, `c->send`).
+
+use nginx_sys::{
+    ngx_chain_t, ngx_connection_t, ngx_create_temp_buf, ngx_http_output_header_filter_pt,
+    ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_palloc, ngx_ssl_send_chain, ngx_ssl_write,
+    off_t, u_char, NGX_AGAIN, NGX_ERROR, NGX_SSL_BUFFERED,
+};
+use ngx::http::HttpModuleServerConf;
+
+use crate::chain::{NgxChain, Tls};
+use crate::plan::{self, Fatal, Io, SendBuf};
+use crate::{ssl, state, HttpKtlsModule};
+
+/// The header filter after ours.
+pub static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
+
+/// `NGX_CHAIN_ERROR`.
+const CHAIN_ERROR: *mut ngx_chain_t = NGX_ERROR as isize as *mut ngx_chain_t;
+
+/// Runs before the first byte of every response: the first response on a
+/// TLS connection of a server with `ktls on` takes the connection over.
+pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls header filters with a live request; the next
+    // filter was set in postconfiguration.
+    unsafe {
+        take_over(r);
+        match NEXT_HEADER_FILTER {
+            Some(next) => next(r),
+            None => NGX_ERROR as ngx_int_t,
+        }
+    }
+}
+
+/// The connection that carries `r`'s bytes: the request's own, or for
+/// HTTP/2 the TLS connection under the stream.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn transport_connection(r: *mut ngx_http_request_t) -> *mut ngx_connection_t {
+    // SAFETY: a stream's h2 connection outlives its requests.
+    unsafe {
+        #[cfg(ngx_feature = "http_v2")]
+        if !(*r).stream.is_null() {
+            return (*(*(*r).stream).connection).connection;
+        }
+        (*r).connection
+    }
+}
+
+/// Replaces nginx's TLS send functions on `r`'s connection with ours, if
+/// the server has `ktls on` and the connection still uses nginx's own.
+///
+/// # Safety
+/// `r` must be a live request.
+unsafe fn take_over(r: *mut ngx_http_request_t) {
+    // SAFETY: the request, its connection and c->ssl are live.
+    unsafe {
+        let enabled = HttpKtlsModule::server_conf(&*r).is_some_and(|conf| conf.enable == 1);
+        if !enabled {
+            return;
+        }
+
+        let c = transport_connection(r);
+        let ssl = (*c).ssl;
+        // Only nginx's own buffered TLS send path is replaced: not QUIC,
+        // not a connection already taken over, not an unbuffered one.
+        if ssl.is_null()
+            || (*c).send_chain.map(|f| f as *const ()) != Some(ngx_ssl_send_chain as *const ())
+            || (*ssl).buffer() == 0
+        {
+            return;
+        }
+
+        if state::attach((*ssl).connection, (*c).pool).is_err() {
+            // Nothing is lost: nginx's own path stays in place.
+            debug!(
+                (*c).log,
+                "ktls: no memory for connection state, not taking over"
+            );
+            return;
+        }
+
+        (*c).send_chain = Some(send_chain);
+        if (*c).send.map(|f| f as *const ()) == Some(ngx_ssl_write as *const ()) {
+            (*c).send = Some(send);
+        }
+
+        debug!(
+            (*c).log,
+            "ktls: send chain taken over, BIO_get_ktls_send(): {}",
+            ssl::ktls_send((*ssl).connection) as u8
+        );
+    }
+}
+
+/// `c->send` on a taken-over connection: one `SSL_write()`.
+unsafe extern "C" fn send(c: *mut ngx_connection_t, buf: *mut u_char, size: usize) -> isize {
+    if size == 0 {
+        return 0;
+    }
+    // SAFETY: nginx passes a live TLS connection and size readable bytes.
+    match unsafe { ssl::write(c, core::slice::from_raw_parts(buf, size)) } {
+        Ok(Io::Sent(n)) => n as isize,
+        Ok(Io::Again) => NGX_AGAIN as isize,
+        Err(Fatal) => NGX_ERROR as isize,
+    }
+}
+
+/// `c->send_chain` on a taken-over connection (`ngx_ssl_send_chain()`).
+unsafe extern "C" fn send_chain(
+    c: *mut ngx_connection_t,
+    in_: *mut ngx_chain_t,
+    limit: off_t,
+) -> *mut ngx_chain_t {
+    // SAFETY: nginx passes a live TLS connection and chain; the TLS buffer
+    // is the connection's, allocated from its pool as nginx does.
+    unsafe {
+        let ssl = (*c).ssl;
+        let size = (*ssl).buffer_size;
+
+        let mut b = (*ssl).buf;
+        if b.is_null() {
+            b = ngx_create_temp_buf((*c).pool, size);
+            if b.is_null() {
+                return CHAIN_ERROR;
+            }
+            (*ssl).buf = b;
+        }
+        if (*b).start.is_null() {
+            // ngx_ssl_free_buffer() released it while the connection idled.
+            let start = ngx_palloc((*c).pool, size).cast::<u_char>();
+            if start.is_null() {
+                return CHAIN_ERROR;
+            }
+            (*b).start = start;
+            (*b).pos = start;
+            (*b).last = start;
+            (*b).end = start.add(size);
+        }
+
+        let start = (*b).start;
+        let mut buf = SendBuf {
+            mem: core::slice::from_raw_parts_mut(start, (*b).end.offset_from(start) as usize),
+            pos: (*b).pos.offset_from(start) as usize,
+            last: (*b).last.offset_from(start) as usize,
+            flush: (*b).flush() != 0,
+        };
+        let mut chain = NgxChain { head: in_, c };
+        let limit = plan::effective_limit(limit, ngx_pagesize as u64);
+
+        let result = plan::send_chain(&mut chain, &mut buf, &mut Tls { c }, limit);
+
+        (*b).pos = start.add(buf.pos);
+        (*b).last = start.add(buf.last);
+        (*b).set_flush(buf.flush as u32);
+
+        match result {
+            Ok(true) => (*c).set_buffered((*c).buffered() | NGX_SSL_BUFFERED),
+            Ok(false) => (*c).set_buffered((*c).buffered() & !NGX_SSL_BUFFERED),
+            Err(Fatal) => return CHAIN_ERROR,
+        }
+
+        chain.head
+    }
+}
