@@ -34,9 +34,11 @@ pub struct AccessEntry {
     pub ssl_session_reused: String,
     /// `1` when the request came in 0-RTT, `-` otherwise.
     pub ssl_early_data: String,
-    /// `$ktls_tx`, `$ktls_rx`, `$ktls_sendfile_bytes`; `None` without the module.
+    /// `$ktls_tx`, `$ktls_rx`; `None` without the module.
     pub ktls_tx: Option<String>,
     pub ktls_rx: Option<String>,
+    /// `$ktls_sendfile_bytes`; `None` without the module, or when the variable is not found
+    /// (logged as `-`), which the module does on connections it did not take over.
     pub ktls_sendfile_bytes: Option<u64>,
     pub server_port: u16,
     pub server_protocol: String,
@@ -61,10 +63,10 @@ impl AccessEntry {
             ssl_early_data: f[8].to_string(),
             ktls_tx: opt(f[9]),
             ktls_rx: opt(f[10]),
-            ktls_sendfile_bytes: if module_loaded() {
-                Some(f[11].parse().ok()?)
-            } else {
+            ktls_sendfile_bytes: if f[11] == "-" {
                 None
+            } else {
+                Some(f[11].parse().ok()?)
             },
             server_port: f[12].parse().ok()?,
             server_protocol: f[13].to_string(),
@@ -173,7 +175,13 @@ pub fn assert_send_path(
         ),
     }
     let tx = entry.ktls_tx.as_deref().expect("module variables");
-    let sf = entry.ktls_sendfile_bytes.expect("module variables");
+    let sf = match ktls {
+        Ktls::On => entry.ktls_sendfile_bytes.unwrap_or_else(|| {
+            panic!("{what}: $ktls_sendfile_bytes not found on a taken-over connection")
+        }),
+        // Not the module's connection: nothing of its own to count.
+        Ktls::Off => entry.ktls_sendfile_bytes.unwrap_or(0),
+    };
     if expect_kernel() {
         assert_eq!(tx, "1", "{what}: $ktls_tx under a kTLS kernel: {entry:?}");
         if ktls == Ktls::On && file_bytes {

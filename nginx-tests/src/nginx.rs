@@ -390,19 +390,19 @@ pub struct ConfigTest {
 }
 
 impl ConfigTest {
-    /// 1-based number of the config line equal to `line` (trimmed), as nginx reports it.
-    pub fn line_of(&self, line: &str) -> usize {
+    /// 1-based number of the one config line containing `needle`, as nginx reports lines.
+    pub fn line_of(&self, needle: &str) -> usize {
         let matches: Vec<usize> = self
             .conf_text
             .lines()
             .enumerate()
-            .filter(|(_, l)| l.trim() == line)
+            .filter(|(_, l)| l.contains(needle))
             .map(|(i, _)| i + 1)
             .collect();
         assert_eq!(
             matches.len(),
             1,
-            "{line:?} should be in the config exactly once"
+            "{needle:?} should be on exactly one config line"
         );
         matches[0]
     }
