@@ -1,13 +1,7 @@
 //! The `ktls` directive.
 
-use core::ptr;
-
-use nginx_sys::{
-    ngx_command_t, ngx_conf_set_flag_slot, ngx_flag_t, ngx_uint_t, NGX_CONF_FLAG,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET,
-};
+use nginx_sys::ngx_flag_t;
 use ngx::http::{Merge, MergeConfigError};
-use ngx::ngx_string;
 
 /// Per-server configuration.
 #[derive(Debug)]
@@ -18,7 +12,7 @@ pub struct ServerConf {
 }
 
 /// `NGX_CONF_UNSET` for an `ngx_flag_t`.
-const UNSET: ngx_flag_t = -1;
+pub const UNSET: ngx_flag_t = -1;
 
 impl Default for ServerConf {
     fn default() -> Self {
@@ -34,20 +28,6 @@ impl Merge for ServerConf {
         Ok(())
     }
 }
-
-/// `ktls on | off;` in http and server; nginx's own flag parser gives the
-/// usual `nginx -t` errors for a bad value or a wrong context.
-pub static mut COMMANDS: [ngx_command_t; 2] = [
-    ngx_command_t {
-        name: ngx_string!("ktls"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG) as ngx_uint_t,
-        set: Some(ngx_conf_set_flag_slot),
-        conf: NGX_HTTP_SRV_CONF_OFFSET as ngx_uint_t,
-        offset: core::mem::offset_of!(ServerConf, enable),
-        post: ptr::null_mut(),
-    },
-    ngx_command_t::empty(),
-];
 
 #[cfg(test)]
 mod tests {

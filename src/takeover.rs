@@ -9,8 +9,9 @@ use nginx_sys::{
 use ngx::http::HttpModuleServerConf;
 
 use crate::chain::{NgxChain, Tls};
+use crate::module::HttpKtlsModule;
 use crate::plan::{self, Fatal, Io, SendBuf};
-use crate::{ssl, state, HttpKtlsModule};
+use crate::{ssl, state};
 
 /// The header filter after ours.
 pub static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;

@@ -1,0 +1,156 @@
+//! The module's definition: its directive, configuration hooks and the
+//! start-up check.
+
+use core::ptr;
+
+use nginx_sys::{
+    ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_t, ngx_http_core_main_conf_t,
+    ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_http_ssl_module, ngx_http_ssl_srv_conf_t,
+    ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_uint_t, SSL_CTX_get_options,
+    NGX_CONF_FLAG, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_WARN,
+};
+use ngx::core::Status;
+use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule};
+use ngx::ngx_string;
+
+// Linked for its libssl: the module calls the same shared OpenSSL as nginx.
+use openssl_sys as _;
+
+use crate::conf::ServerConf;
+use crate::{kernel, state, takeover, variables};
+
+/// `SSL_OP_ENABLE_KTLS` (`SSL_OP_BIT(3)`), a macro bindgen cannot translate.
+const SSL_OP_ENABLE_KTLS: u64 = 1 << 3;
+
+/// The module's type, for the `ngx` crate's configuration helpers.
+pub struct HttpKtlsModule;
+
+/// `ktls on | off;` in http and server; nginx's own flag parser gives the
+/// usual `nginx -t` errors for a bad value or a wrong context.
+static mut COMMANDS: [ngx_command_t; 2] = [
+    ngx_command_t {
+        name: ngx_string!("ktls"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG) as ngx_uint_t,
+        set: Some(ngx_conf_set_flag_slot),
+        conf: NGX_HTTP_SRV_CONF_OFFSET as ngx_uint_t,
+        offset: core::mem::offset_of!(ServerConf, enable),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: Some(HttpKtlsModule::preconfiguration),
+    postconfiguration: Some(HttpKtlsModule::postconfiguration),
+    create_main_conf: None,
+    init_main_conf: None,
+    create_srv_conf: Some(HttpKtlsModule::create_srv_conf),
+    merge_srv_conf: Some(HttpKtlsModule::merge_srv_conf),
+    create_loc_conf: None,
+    merge_loc_conf: None,
+};
+
+#[cfg(feature = "export-modules")]
+ngx::ngx_modules!(ngx_http_ktls_module);
+
+/// The module, as nginx's `load_module` finds it.
+#[used]
+#[allow(non_upper_case_globals)]
+#[cfg_attr(not(feature = "export-modules"), no_mangle)]
+pub static mut ngx_http_ktls_module: ngx_module_t = ngx_module_t {
+    ctx: ptr::addr_of!(MODULE_CTX).cast_mut().cast(),
+    // SAFETY: the command table is only read by nginx's configuration parser.
+    commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
+    type_: NGX_HTTP_MODULE as ngx_uint_t,
+    ..ngx_module_t::default()
+};
+
+// SAFETY: the server configuration type is the one create_srv_conf makes.
+unsafe impl HttpModuleServerConf for HttpKtlsModule {
+    type ServerConf = ServerConf;
+}
+
+impl HttpModule for HttpKtlsModule {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: nginx writes the module's indexes before any request.
+        unsafe { &*ptr::addr_of!(ngx_http_ktls_module) }
+    }
+
+    unsafe extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        // SAFETY: nginx passes the configuration being parsed.
+        match unsafe { variables::add(cf) } {
+            Ok(()) => Status::NGX_OK.into(),
+            Err(status) => status.into(),
+        }
+    }
+
+    unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        if state::init().is_err() {
+            // SAFETY: cf is the configuration being parsed.
+            unsafe {
+                log_error!(
+                    NGX_LOG_EMERG,
+                    (*cf).log,
+                    "ktls: SSL_get_ex_new_index() failed"
+                )
+            };
+            return Status::NGX_ERROR.into();
+        }
+
+        // SAFETY: filters are chained at configuration time, single-threaded.
+        unsafe {
+            takeover::NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+            ngx_http_top_header_filter = Some(takeover::header_filter);
+        }
+
+        // SAFETY: cf is the configuration being parsed.
+        unsafe { warn_if_kernel_lacks_tls(cf) };
+        Status::NGX_OK.into()
+    }
+}
+
+/// One warning at start (and `nginx -t`) when a server asks OpenSSL for kTLS
+/// (`ssl_conf_command Options KTLS;`) that this kernel cannot give: OpenSSL
+/// would silently stay in userspace.
+///
+/// # Safety
+/// `cf` must be the http block's configuration, after servers were merged.
+unsafe fn warn_if_kernel_lacks_tls(cf: *mut ngx_conf_t) {
+    // SAFETY: after merging, every server's ssl configuration is final.
+    unsafe {
+        if !any_server_wants_ktls(cf) {
+            return;
+        }
+        if let Some(why) = kernel::tls_ulp_missing() {
+            log_error!(
+                NGX_LOG_WARN,
+                (*cf).log,
+                "ktls: \"ssl_conf_command Options KTLS\" is set, but kernel TLS is not \
+                 available: {why}; TLS stays in userspace and SSL_sendfile() is not used"
+            );
+        }
+    }
+}
+
+/// Whether any server's SSL context has OpenSSL's KTLS option on.
+///
+/// # Safety
+/// As for [`warn_if_kernel_lacks_tls`].
+unsafe fn any_server_wants_ktls(cf: *mut ngx_conf_t) -> bool {
+    // SAFETY: the core main configuration lists every server's context.
+    unsafe {
+        let Some(cmcf) = NgxHttpCoreModule::main_conf(&*cf) else {
+            return false;
+        };
+        let cmcf: &ngx_http_core_main_conf_t = cmcf;
+        let servers = cmcf.servers.elts as *const *mut ngx_http_core_srv_conf_t;
+        (0..cmcf.servers.nelts).any(|i| {
+            let cscf = *servers.add(i);
+            let sscf = *(*(*cscf).ctx).srv_conf.add(ngx_http_ssl_module.ctx_index)
+                as *const ngx_http_ssl_srv_conf_t;
+            let ctx = (*sscf).ssl.ctx;
+            !ctx.is_null() && SSL_CTX_get_options(ctx.cast()) & SSL_OP_ENABLE_KTLS != 0
+        })
+    }
+}
