@@ -51,3 +51,39 @@ build_vendored() {
     install -m 0755 "$REPO/target/release/libngx_http_ktls_module.so" \
         "$KTLS_OUT/ngx_http_ktls_module.so"
 }
+
+# Installs Debian's nginx without starting it: a package's service start
+# would take port 80 and outlive the script.
+ensure_debian_nginx() {
+    if ! dpkg-query -W -f='${Status}' nginx 2>/dev/null | grep -q "install ok installed"; then
+        local policy=/usr/sbin/policy-rc.d restore=
+        [ -e "$policy" ] && restore=$(mktemp) && cp -p "$policy" "$restore"
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 0755 "$policy"
+        ensure_packages nginx
+        if [ -n "$restore" ]; then mv "$restore" "$policy"; else rm -f "$policy"; fi
+    fi
+    ensure_packages nginx-dev
+}
+
+# Builds the module for Debian's /usr/sbin/nginx with nginx's own build
+# system: Debian's configure flags (nginx-dev's conf_flags) give the same
+# module signature, and --add-dynamic-module exercises ./config.
+build_debian_module() {
+    ensure_build_deps
+    ensure_debian_nginx
+    local tree="$REPO/target/debian/nginx" out="$KTLS_OUT/debian"
+    if [ ! -f "$tree/objs/Makefile" ]; then
+        log "configuring Debian's nginx $(dpkg-query -W -f='${Version}' nginx-dev) with the module"
+        rm -rf "$tree" && mkdir -p "$(dirname "$tree")"
+        cp -r /usr/share/nginx/src "$tree"
+        # shellcheck disable=SC1091
+        (cd "$tree" && . ./conf_flags &&
+            ./configure "${NGX_CONF_FLAGS[@]}" --add-dynamic-module="$REPO" >configure.log 2>&1) ||
+            die "configure failed: see $tree/configure.log"
+    fi
+    log "building the module for Debian's nginx (make modules)"
+    (cd "$tree" && make -f objs/Makefile modules >make.log 2>&1) ||
+        { tail -n 30 "$tree/make.log" >&2; die "make modules failed"; }
+    mkdir -p "$out"
+    install -m 0644 "$tree/objs/ngx_http_ktls_module.so" "$out/ngx_http_ktls_module.so"
+}
