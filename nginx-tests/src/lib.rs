@@ -6,6 +6,7 @@
 //! under a kernel with kTLS, `/proc/net/tls_stat` ([`kernel`]).
 
 pub mod body;
+pub mod cases;
 pub mod cert;
 pub mod config;
 pub mod h1;

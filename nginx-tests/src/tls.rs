@@ -152,12 +152,13 @@ impl TlsConn {
         let mut ssl = Ssl::new(&opts.context(latest.clone())).map_err(io::Error::other)?;
         // SAFETY: the session comes from a context with the same protocol settings.
         unsafe { ssl.set_session(session) }.map_err(io::Error::other)?;
+        ssl.set_connect_state();
         let mut stream = SslStream::new(ssl, opts.tcp(port)?).map_err(io::Error::other)?;
         let mut sent = 0;
         while sent < early.len() {
             sent += stream
                 .write_early_data(&early[sent..])
-                .map_err(|e| io::Error::other(format!("SSL_write_early_data: {e}")))?;
+                .map_err(|e| io::Error::other(format!("SSL_write_early_data: {e:?}")))?;
         }
         stream
             .connect()
@@ -168,9 +169,15 @@ impl TlsConn {
         })
     }
 
-    /// The newest session (ticket) the server gave this connection, if one arrived yet.
+    /// A copy of the newest session (ticket) the server gave this connection, if one arrived.
+    ///
+    /// A copy through DER, not the shared object: when this connection's SSL or context is
+    /// freed, OpenSSL marks its sessions not resumable, and SSL_write_early_data() with such a
+    /// session then fails.
     pub fn session(&self) -> Option<SslSession> {
-        self.latest_session.lock().unwrap().clone()
+        let latest = self.latest_session.lock().unwrap();
+        let der = latest.as_ref()?.to_der().expect("i2d_SSL_SESSION");
+        Some(SslSession::from_der(&der).expect("d2i_SSL_SESSION"))
     }
 
     pub fn reused(&self) -> bool {

@@ -1,0 +1,42 @@
+//! The matrix each test runs: both send paths, both TLS versions (or 1.3 only).
+
+use crate::logs::Ktls;
+use crate::tls::{ClientOpts, TlsVersion};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Case {
+    pub ktls: Ktls,
+    pub version: TlsVersion,
+}
+
+impl Case {
+    /// `ktls on` and `ktls off`, each over TLS 1.2 and 1.3.
+    pub fn all() -> Vec<Case> {
+        Self::with_versions(&TlsVersion::BOTH)
+    }
+
+    /// `ktls on` and `ktls off` over TLS 1.3 (early data exists only there).
+    pub fn tls13() -> Vec<Case> {
+        Self::with_versions(&[TlsVersion::Tls13])
+    }
+
+    fn with_versions(versions: &[TlsVersion]) -> Vec<Case> {
+        Ktls::BOTH
+            .iter()
+            .flat_map(|&ktls| versions.iter().map(move |&version| Case { ktls, version }))
+            .collect()
+    }
+
+    /// Short, URI-safe: used in messages and as `?case=` to make URIs unique in the access log.
+    pub fn name(&self) -> String {
+        let k = match self.ktls {
+            Ktls::On => "on",
+            Ktls::Off => "off",
+        };
+        format!("{k}-{}", self.version.name())
+    }
+
+    pub fn opts(&self) -> ClientOpts {
+        ClientOpts::new(self.version)
+    }
+}

@@ -1,0 +1,61 @@
+//! Issue 3a: short socket buffers on both ends: the server's send buffer is 16 KiB
+//! (`listen ... sndbuf=16k`) and the client's receive buffer is small and read slowly, so every
+//! send meets a full buffer (EAGAIN, partial sends) many times; several requests share one
+//! keep-alive connection.
+
+use nginx_ktls_tests::body::{assert_body, pseudo_random};
+use nginx_ktls_tests::cases::Case;
+use nginx_ktls_tests::h1::{Pace, H1};
+use nginx_ktls_tests::kernel::TlsStat;
+use nginx_ktls_tests::logs::assert_send_path;
+use nginx_ktls_tests::nginx::Setup;
+use nginx_ktls_tests::tls::TlsConn;
+use std::time::Duration;
+
+#[test]
+fn slow_reader_small_buffers_keepalive() {
+    let one = pseudo_random(1, 1 << 20);
+    let big = pseudo_random(64, 64 << 20);
+    let srv = Setup::new("sockbuf")
+        .listen("sndbuf=16k")
+        .file("one", one.clone())
+        .file("big", big.clone())
+        .start();
+    let stat = TlsStat::snapshot();
+    for case in Case::all() {
+        let name = case.name();
+        let conn =
+            TlsConn::connect(srv.port(case.ktls), &case.opts().rcvbuf(16 * 1024)).expect("connect");
+        let mut c = H1::new(conn);
+        let mut uris = Vec::new();
+        for (n, (path, content)) in [("one", &one), ("big", &big), ("one", &one)]
+            .into_iter()
+            .enumerate()
+        {
+            // The 1 MiB bodies are read in small pieces with a pause every 16 KiB; the 64 MiB
+            // one in small pieces with a pause per MiB, which keeps the run time sane.
+            c.pace = if content.len() == one.len() {
+                Pace::slow(4096, Duration::from_millis(2), 16 * 1024)
+            } else {
+                Pace::slow(4096, Duration::from_millis(2), 1 << 20)
+            };
+            let uri = format!("/{path}?case={name}&n={n}");
+            let r = c.get(&uri).unwrap_or_else(|e| panic!("{name} {uri}: {e}"));
+            assert_eq!(r.status, 200, "{name} {uri}");
+            assert_body(&format!("{name} {uri}"), content, &r.body);
+            uris.push(uri);
+        }
+        let log = srv.error_log();
+        for (n, uri) in uris.iter().enumerate() {
+            let e = srv.entry(uri);
+            assert_eq!(
+                e.connection_requests,
+                n as u64 + 1,
+                "{name} {uri}: keep-alive"
+            );
+            assert_send_path(&format!("{name} {uri}"), case.ktls, &log, &e, true);
+        }
+    }
+    stat.assert_tx_used("slow_reader_small_buffers_keepalive");
+    srv.finish();
+}
