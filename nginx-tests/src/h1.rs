@@ -198,30 +198,6 @@ impl H1 {
         resp.body = body;
         Ok(resp)
     }
-
-    /// Reads until the server closes, returning how many bytes came (the connection must end:
-    /// a read timeout is an error).
-    pub fn read_to_close(&mut self) -> io::Result<usize> {
-        let mut total = self.buf.len();
-        self.buf.clear();
-        loop {
-            match self.fill() {
-                Ok(0) => return Ok(total),
-                Ok(n) => {
-                    total += n;
-                    self.buf.clear();
-                }
-                // A reset or a TLS error is also the server ending the connection.
-                Err(e)
-                    if e.kind() != io::ErrorKind::WouldBlock
-                        && e.kind() != io::ErrorKind::TimedOut =>
-                {
-                    return Ok(total)
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
 }
 
 /// One part of a multipart/byteranges body.
