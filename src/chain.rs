@@ -74,6 +74,7 @@ impl Chain for NgxChain {
         // SAFETY: the plan asks for at most the head's size, which is in
         // memory at pos..last.
         let done = unsafe {
+            debug!((*self.c).log, "SSL buf copy: {}", dst.len());
             let b = &mut *self.buf();
             core::ptr::copy_nonoverlapping(b.pos, dst.as_mut_ptr(), dst.len());
             b.pos = b.pos.add(dst.len());
@@ -87,6 +88,7 @@ impl Chain for NgxChain {
         // is in the chain; dst is valid for dst.len() bytes.
         let done = unsafe {
             let b = &mut *self.buf();
+            debug!((*self.c).log, "SSL buf read: @{} {}", b.file_pos, dst.len());
             if !dst.is_empty() {
                 let n = ngx_read_file(b.file, dst.as_mut_ptr(), dst.len(), b.file_pos);
                 if n != dst.len() as isize {
@@ -131,15 +133,20 @@ pub struct Tls {
 }
 
 impl Transport<NgxChain> for Tls {
-    fn sendfile_allowed(&mut self) -> bool {
+    fn kernel_allowed(&mut self) -> bool {
         // SAFETY: the connection is a live TLS connection while its send
         // chain runs.
-        unsafe { ssl::sendfile_allowed(self.c) }
+        unsafe { ssl::kernel_allowed(self.c) }
     }
 
     fn write(&mut self, data: &[u8]) -> Result<Io, Fatal> {
         // SAFETY: as above.
         unsafe { ssl::write(self.c, data) }
+    }
+
+    fn write_kernel(&mut self, data: &[u8], more: bool) -> Result<Io, Fatal> {
+        // SAFETY: as above.
+        unsafe { ssl::write_kernel(self.c, data, more) }
     }
 
     fn sendfile(&mut self, chain: &NgxChain, len: usize) -> Result<Io, Fatal> {

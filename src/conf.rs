@@ -9,14 +9,26 @@ pub struct ServerConf {
     /// `ktls on | off;`: whether the module takes over this server's TLS
     /// connections.
     pub enable: ngx_flag_t,
+    /// `ktls_sendfile_min_size size;`: runs of file data shorter than this
+    /// are read into the TLS buffer rather than sent with `SSL_sendfile()`.
+    pub sendfile_min: usize,
 }
 
 /// `NGX_CONF_UNSET` for an `ngx_flag_t`.
 pub const UNSET: ngx_flag_t = -1;
+/// `NGX_CONF_UNSET_SIZE`.
+pub const UNSET_SIZE: usize = usize::MAX;
+/// The default `ktls_sendfile_min_size`: one full TLS record.  Shorter runs
+/// (HTTP/2's 8k DATA frames, small files) are packed into full records
+/// through the buffer; a sendfile() of its own would end a record early.
+pub const DEFAULT_SENDFILE_MIN: usize = 16384;
 
 impl Default for ServerConf {
     fn default() -> Self {
-        ServerConf { enable: UNSET }
+        ServerConf {
+            enable: UNSET,
+            sendfile_min: UNSET_SIZE,
+        }
     }
 }
 
@@ -24,6 +36,13 @@ impl Merge for ServerConf {
     fn merge(&mut self, prev: &ServerConf) -> Result<(), MergeConfigError> {
         if self.enable == UNSET {
             self.enable = if prev.enable == UNSET { 1 } else { prev.enable };
+        }
+        if self.sendfile_min == UNSET_SIZE {
+            self.sendfile_min = if prev.sendfile_min == UNSET_SIZE {
+                DEFAULT_SENDFILE_MIN
+            } else {
+                prev.sendfile_min
+            };
         }
         Ok(())
     }
@@ -34,7 +53,10 @@ mod tests {
     use super::*;
 
     fn conf(enable: ngx_flag_t) -> ServerConf {
-        ServerConf { enable }
+        ServerConf {
+            enable,
+            sendfile_min: UNSET_SIZE,
+        }
     }
 
     #[test]
@@ -42,6 +64,18 @@ mod tests {
         let mut c = conf(UNSET);
         c.merge(&conf(UNSET)).unwrap();
         assert_eq!(c.enable, 1);
+        assert_eq!(c.sendfile_min, DEFAULT_SENDFILE_MIN);
+    }
+
+    #[test]
+    fn sendfile_min_is_inherited() {
+        let mut c = conf(UNSET);
+        c.merge(&ServerConf {
+            enable: UNSET,
+            sendfile_min: 0,
+        })
+        .unwrap();
+        assert_eq!(c.sendfile_min, 0);
     }
 
     #[test]

@@ -4,11 +4,11 @@
 use core::ptr;
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_t, ngx_http_core_main_conf_t,
-    ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_http_ssl_module, ngx_http_ssl_srv_conf_t,
-    ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_uint_t, SSL_CTX_get_options,
-    NGX_CONF_FLAG, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
-    NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_WARN,
+    ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_size_slot, ngx_conf_t,
+    ngx_http_core_main_conf_t, ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_http_ssl_module,
+    ngx_http_ssl_srv_conf_t, ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_uint_t,
+    SSL_CTX_get_options, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE,
+    NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 use ngx::core::Status;
 use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule};
@@ -26,15 +26,24 @@ const SSL_OP_ENABLE_KTLS: u64 = 1 << 3;
 /// The module's type, for the `ngx` crate's configuration helpers.
 pub struct HttpKtlsModule;
 
-/// `ktls on | off;` in http and server; nginx's own flag parser gives the
-/// usual `nginx -t` errors for a bad value or a wrong context.
-static mut COMMANDS: [ngx_command_t; 2] = [
+/// `ktls on | off;` and `ktls_sendfile_min_size size;` in http and server;
+/// nginx's own parsers give the usual `nginx -t` errors for a bad value or a
+/// wrong context.
+static mut COMMANDS: [ngx_command_t; 3] = [
     ngx_command_t {
         name: ngx_string!("ktls"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG) as ngx_uint_t,
         set: Some(ngx_conf_set_flag_slot),
         conf: NGX_HTTP_SRV_CONF_OFFSET as ngx_uint_t,
         offset: core::mem::offset_of!(ServerConf, enable),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("ktls_sendfile_min_size"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(ngx_conf_set_size_slot),
+        conf: NGX_HTTP_SRV_CONF_OFFSET as ngx_uint_t,
+        offset: core::mem::offset_of!(ServerConf, sendfile_min),
         post: ptr::null_mut(),
     },
     ngx_command_t::empty(),

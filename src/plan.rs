@@ -3,11 +3,23 @@
 //! This decides what goes out next and how: memory bytes are gathered into the
 //! connection's TLS buffer (`ssl_buffer_size`) and written as TLS records,
 //! neighbouring file buffers go out with one `SSL_sendfile()` when kTLS may be
-//! bypassed into, and file bytes are read into the buffer when it may not.  It
+//! used directly, and file bytes are read into the buffer when it may not.  It
 //! follows `ngx_ssl_send_chain()` (nginx 1.28) step by step, so that flushing,
-//! `limit` and the "buffered" state behave exactly as there; what nginx does
-//! not do (reading a file buffer into memory when `SSL_sendfile()` must not be
-//! used right now) is marked where it happens.
+//! `limit` and the "buffered" state behave exactly as there.
+//!
+//! Where it differs, on purpose:
+//! - A file buffer that `SSL_sendfile()` must not take right now (0-RTT,
+//!   handshake messages pending) is read into the buffer; nginx never sees
+//!   one without kTLS.
+//! - With kTLS, the buffer is written to the socket directly, and with
+//!   `MSG_MORE` when file data follows in the same call: the kernel keeps the
+//!   TLS record open, so a response header, a chunk-size line or an HTTP/2
+//!   frame header shares its record with the file data after it instead of
+//!   going out as a record (and a system call) of its own.
+//! - With kTLS, runs of file data shorter than `sendfile_min` are read into
+//!   the buffer rather than sent with `SSL_sendfile()`: every `sendfile()`
+//!   ends a TLS record, so HTTP/2's 8k DATA frames would otherwise each make
+//!   their own records, where the buffer packs them into full 16k records.
 //!
 //! The nginx side implements [`Chain`] over `ngx_chain_t` and [`Transport`]
 //! over the SSL connection; unit tests implement both over plain vectors.
@@ -69,12 +81,16 @@ pub struct Fatal;
 
 /// The TLS connection that the bytes go to.
 pub trait Transport<C: Chain> {
-    /// Whether file bytes may be handed to `SSL_sendfile()` now: kTLS is on
+    /// Whether the kernel may be written to directly now (with
+    /// [`Transport::write_kernel`] and [`Transport::sendfile`]): kTLS is on
     /// for sending and OpenSSL has nothing of its own still to write.
-    fn sendfile_allowed(&mut self) -> bool;
-    /// Sends `data` as TLS records (`SSL_write()`, or
+    fn kernel_allowed(&mut self) -> bool;
+    /// Sends `data` as TLS records through OpenSSL (`SSL_write()`, or
     /// `SSL_write_early_data()` while the connection is in 0-RTT).
     fn write(&mut self, data: &[u8]) -> Result<Io, Fatal>;
+    /// Sends `data` to the kTLS socket, keeping the TLS record open for what
+    /// follows when `more` is set (`MSG_MORE`).
+    fn write_kernel(&mut self, data: &[u8], more: bool) -> Result<Io, Fatal>;
     /// Sends `len` bytes of the file run at the chain's head with
     /// `SSL_sendfile()`.
     fn sendfile(&mut self, chain: &C, len: usize) -> Result<Io, Fatal>;
@@ -113,18 +129,25 @@ pub fn effective_limit(limit: i64, pagesize: u64) -> u64 {
 }
 
 /// Sends as much of `chain` as the connection takes, within `limit` bytes
-/// (already passed through [`effective_limit`]).  Returns whether bytes are
-/// left in the buffer (`NGX_SSL_BUFFERED`).
+/// (already passed through [`effective_limit`]); with kTLS, runs of at least
+/// `sendfile_min` bytes of file data go out with `SSL_sendfile()`.  Returns
+/// whether bytes are left in the buffer (`NGX_SSL_BUFFERED`).
 pub fn send_chain<C: Chain, T: Transport<C>>(
     chain: &mut C,
     buf: &mut SendBuf<'_>,
     io: &mut T,
     limit: u64,
+    sendfile_min: u64,
 ) -> Result<bool, Fatal> {
     let mut send = buf.pending() as u64;
     let mut flush = chain.head().is_none() || buf.flush;
 
     loop {
+        // Asked once a round: a write through OpenSSL can finish the
+        // handshake and so allow it; nothing in here takes it back.
+        let kernel = io.kernel_allowed();
+        let mut sendfile_next = false;
+
         while buf.free() > 0 && send < limit {
             let Some(head) = chain.head() else { break };
 
@@ -141,16 +164,16 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
                     chain.skip();
                     continue;
                 }
-                Kind::File { .. } if io.sendfile_allowed() => {
+                Kind::File { .. } if kernel && chain.file_run(sendfile_min) >= sendfile_min => {
                     flush = true;
+                    sendfile_next = true;
                     break;
                 }
                 Kind::Memory | Kind::File { in_memory: true } => {
                     chain.copy_memory(&mut buf.mem[last..last + size]);
                 }
-                // Not in nginx, which never sees a file buffer without
-                // kTLS: it is read into the buffer, as nginx's copy filter
-                // would have done had it known.
+                // Without kTLS now, or a run too short for a sendfile of
+                // its own: read into the buffer.
                 Kind::File { in_memory: false } => {
                     chain.read_file(&mut buf.mem[last..last + size])?;
                 }
@@ -167,21 +190,7 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
         let size = buf.pending();
 
         if size == 0 {
-            let file_next = matches!(
-                chain.head(),
-                Some(Head {
-                    kind: Kind::File { .. },
-                    ..
-                })
-            );
-
-            if file_next && send < limit {
-                if !io.sendfile_allowed() {
-                    // OpenSSL took back the right to be bypassed while the
-                    // buffer was written: read the file instead.
-                    continue;
-                }
-
+            if sendfile_next && send < limit {
                 let run = chain.file_run(limit - send);
                 let run = usize::try_from(run).unwrap_or(usize::MAX);
 
@@ -200,7 +209,13 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
             return Ok(false);
         }
 
-        let n = match io.write(&buf.mem[buf.pos..buf.last])? {
+        let data = &buf.mem[buf.pos..buf.last];
+        let written = if kernel {
+            io.write_kernel(data, sendfile_next && send < limit)?
+        } else {
+            io.write(data)?
+        };
+        let n = match written {
             Io::Sent(n) => n,
             Io::Again => break,
         };

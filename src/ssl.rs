@@ -25,6 +25,7 @@ use nginx_sys::{
 
 use crate::error_level::error_level;
 use crate::plan::{Fatal, Io};
+use crate::state;
 
 /// The OpenSSL object of a TLS connection.
 ///
@@ -68,8 +69,8 @@ pub unsafe fn ktls_recv(ssl: *mut SSL) -> bool {
     }
 }
 
-/// Whether `SSL_sendfile()` may write to the socket now, going around
-/// OpenSSL's record layer.
+/// Whether the kTLS socket may be written to directly now (`SSL_sendfile()`,
+/// or `send()` of buffered bytes), going around OpenSSL's record layer.
 ///
 /// It may not while OpenSSL has bytes of its own to write first, or they
 /// could end up after (or inside, if a handshake message spans records) the
@@ -81,19 +82,32 @@ pub unsafe fn ktls_recv(ssl: *mut SSL) -> bool {
 /// such write is unfinished — including during 0-RTT, where the tickets have
 /// not been written yet.  A KeyUpdate that was requested but not started
 /// shows in `SSL_get_key_update_type()`; `SSL_write()` would send it first.
-/// A pending alert is flushed by `SSL_sendfile()` itself.  The remaining
-/// case, an application record that `SSL_write()` left half-written, is
-/// excluded by the caller: the TLS buffer is always empty before a sendfile.
+/// A pending alert is flushed by `SSL_sendfile()` itself; the module
+/// writes none of its own.  The remaining case, an application record that
+/// `SSL_write()` left half-written (it must be retried with the same bytes),
+/// is tracked per connection from `SSL_write()`'s results.
 ///
 /// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn sendfile_allowed(c: *mut ngx_connection_t) -> bool {
+/// `c` must be a live TLS connection taken over by the module.
+pub unsafe fn kernel_allowed(c: *mut ngx_connection_t) -> bool {
     // SAFETY: the caller guarantees a live TLS connection.
     unsafe {
         let ssl = ssl_of(c);
         ktls_send(ssl)
             && SSL_is_init_finished(ssl) == 1
             && SSL_get_key_update_type(ssl) == SSL_KEY_UPDATE_NONE
+            && state::get(ssl).is_some_and(|s| !s.ssl_write_pending)
+    }
+}
+
+/// Records whether an `SSL_write()` must be retried before anything else.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+unsafe fn set_ssl_write_pending(c: *mut ngx_connection_t, pending: bool) {
+    // SAFETY: forwarded from the caller.
+    if let Some(state) = unsafe { state::get(ssl_of(c)) } {
+        state.ssl_write_pending = pending;
     }
 }
 
@@ -236,6 +250,9 @@ pub unsafe fn write(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> 
         let len = c_int::try_from(data.len()).unwrap_or(c_int::MAX);
         let n = SSL_write(ssl_of(c), data.as_ptr().cast(), len);
         debug!((*c).log, "SSL_write: {}", n);
+        // Without SSL_MODE_ENABLE_PARTIAL_WRITE a write either completes or
+        // must be retried.
+        set_ssl_write_pending(c, n <= 0);
 
         if n > 0 {
             restore_read_handler(c)?;
@@ -289,6 +306,7 @@ unsafe fn write_early(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal
         let mut written = 0usize;
         let n = SSL_write_early_data(ssl_of(c), data.as_ptr().cast(), data.len(), &mut written);
         debug!((*c).log, "SSL_write_early_data: {}, {}", n, written);
+        set_ssl_write_pending(c, n <= 0);
 
         if n > 0 {
             restore_read_handler(c)?;
@@ -326,6 +344,48 @@ unsafe fn write_early(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal
     }
 }
 
+/// Sends plaintext to the kTLS socket, which encrypts it into application
+/// data records as `SSL_write()` would; with `more` (`MSG_MORE`) the kernel
+/// keeps the record open for the file data that the caller sends next.
+/// Errors are logged as nginx's `ngx_unix_send()` logs them.
+///
+/// # Safety
+/// `c` must be a live TLS connection for which [`kernel_allowed`] holds.
+pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) -> Result<Io, Fatal> {
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    // SAFETY: the caller guarantees a live connection; data is readable.
+    unsafe {
+        loop {
+            let n = libc::send((*c).fd, data.as_ptr().cast(), data.len(), flags);
+            debug!(
+                (*c).log,
+                "send: fd:{} {} of {}{}",
+                (*c).fd,
+                n,
+                data.len(),
+                if more { " MSG_MORE" } else { "" }
+            );
+
+            if n > 0 {
+                restore_read_handler(c)?;
+                (*c).sent += n as i64;
+                return Ok(Io::Sent(n as usize));
+            }
+
+            let err = ngx_errno();
+            match err {
+                libc::EINTR => continue,
+                libc::EAGAIN => {
+                    debug!((*c).log, "send() not ready");
+                    (*(*c).write).set_ready(0);
+                    return Ok(Io::Again);
+                }
+                _ => return Err(fail(c, SSL_ERROR_SYSCALL, err, c"send() failed")),
+            }
+        }
+    }
+}
+
 /// `ngx_ssl_sendfile()`: sends `size` bytes of `file`'s file from its
 /// current position with `SSL_sendfile()`.
 ///
@@ -352,7 +412,7 @@ pub unsafe fn sendfile(
         if n > 0 {
             restore_read_handler(c)?;
             (*c).sent += n as i64;
-            crate::state::add_sendfile_bytes(ssl_of(c), n as u64);
+            state::add_sendfile_bytes(ssl_of(c), n as u64);
             return Ok(Io::Sent(n as usize));
         }
 

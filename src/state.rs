@@ -10,15 +10,19 @@ use core::ptr;
 use core::sync::atomic::{AtomicI32, Ordering};
 
 use nginx_sys::{
-    ngx_pcalloc, ngx_pool_t, CRYPTO_get_ex_new_index, SSL_get_ex_data, SSL_set_ex_data,
+    ngx_palloc, ngx_pool_t, CRYPTO_get_ex_new_index, SSL_get_ex_data, SSL_set_ex_data,
     CRYPTO_EX_INDEX_SSL, SSL,
 };
 
 /// Per-connection state.
-#[derive(Default)]
 pub struct ConnState {
     /// Bytes sent with `SSL_sendfile()` so far.
     pub sendfile_bytes: u64,
+    /// An `SSL_write()` is waiting to be retried: OpenSSL holds part of a
+    /// record, so nothing may go to the kTLS socket around it.
+    pub ssl_write_pending: bool,
+    /// `ktls_sendfile_min_size` of the server that took the connection over.
+    pub sendfile_min: u64,
 }
 
 static EX_INDEX: AtomicI32 = AtomicI32::new(-1);
@@ -61,17 +65,25 @@ pub unsafe fn get(ssl: *mut SSL) -> Option<&'static mut ConnState> {
     unsafe { SSL_get_ex_data(ssl, index).cast::<ConnState>().as_mut() }
 }
 
-/// Gives `ssl` a zeroed state allocated from `pool`.
+/// Gives `ssl` a fresh state allocated from `pool`.
 ///
 /// # Safety
 /// `ssl` must be a live OpenSSL connection and `pool` its connection's pool.
-pub unsafe fn attach(ssl: *mut SSL, pool: *mut ngx_pool_t) -> Result<(), ()> {
+pub unsafe fn attach(ssl: *mut SSL, pool: *mut ngx_pool_t, sendfile_min: u64) -> Result<(), ()> {
     let index = EX_INDEX.load(Ordering::Relaxed);
-    // SAFETY: ngx_pcalloc() returns zeroed memory aligned for any type, and
-    // a zeroed ConnState is its default.
+    // SAFETY: ngx_palloc() returns memory aligned for any type, written
+    // before it is published; ConnState needs no drop (pool memory).
     unsafe {
-        let state = ngx_pcalloc(pool, core::mem::size_of::<ConnState>());
-        if index < 0 || state.is_null() || SSL_set_ex_data(ssl, index, state) != 1 {
+        let state = ngx_palloc(pool, core::mem::size_of::<ConnState>()).cast::<ConnState>();
+        if index < 0 || state.is_null() {
+            return Err(());
+        }
+        state.write(ConnState {
+            sendfile_bytes: 0,
+            ssl_write_pending: false,
+            sendfile_min,
+        });
+        if SSL_set_ex_data(ssl, index, state.cast()) != 1 {
             return Err(());
         }
     }

@@ -57,10 +57,9 @@ unsafe fn transport_connection(r: *mut ngx_http_request_t) -> *mut ngx_connectio
 unsafe fn take_over(r: *mut ngx_http_request_t) {
     // SAFETY: the request, its connection and c->ssl are live.
     unsafe {
-        let enabled = HttpKtlsModule::server_conf(&*r).is_some_and(|conf| conf.enable == 1);
-        if !enabled {
+        let Some(conf) = HttpKtlsModule::server_conf(&*r).filter(|conf| conf.enable == 1) else {
             return;
-        }
+        };
 
         let c = transport_connection(r);
         let ssl = (*c).ssl;
@@ -73,7 +72,7 @@ unsafe fn take_over(r: *mut ngx_http_request_t) {
             return;
         }
 
-        if state::attach((*ssl).connection, (*c).pool).is_err() {
+        if state::attach((*ssl).connection, (*c).pool, conf.sendfile_min as u64).is_err() {
             // Nothing is lost: nginx's own path stays in place.
             debug!(
                 (*c).log,
@@ -150,7 +149,8 @@ unsafe extern "C" fn send_chain(
         let mut chain = NgxChain { head: in_, c };
         let limit = plan::effective_limit(limit, ngx_pagesize as u64);
 
-        let result = plan::send_chain(&mut chain, &mut buf, &mut Tls { c }, limit);
+        let sendfile_min = state::get((*ssl).connection).map_or(0, |s| s.sendfile_min);
+        let result = plan::send_chain(&mut chain, &mut buf, &mut Tls { c }, limit, sendfile_min);
 
         (*b).pos = start.add(buf.pos);
         (*b).last = start.add(buf.last);

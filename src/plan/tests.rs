@@ -164,12 +164,21 @@ impl Chain for FakeChain {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Op {
+    /// Through OpenSSL.
     Write(usize),
+    /// To the kTLS socket; `true` with MSG_MORE.
+    Kernel(usize, bool),
     Sendfile(usize),
 }
 
+/// Largest TLS record payload.
+const RECORD: usize = 16384;
+
 struct FakeTls {
     kernel: bool,
+    /// An SSL_write() that returned "again" must be retried before anything
+    /// goes around OpenSSL.
+    ssl_pending: bool,
     /// How many bytes the socket still takes before it says "again".
     room: usize,
     /// At most this many bytes per call (short writes).
@@ -177,47 +186,89 @@ struct FakeTls {
     out: Vec<u8>,
     ops: Vec<Op>,
     fail: bool,
+    /// TLS records completed, and bytes in the record the kernel holds open.
+    records: usize,
+    open: usize,
 }
 
 impl FakeTls {
     fn new(kernel: bool) -> Self {
         FakeTls {
             kernel,
+            ssl_pending: false,
             room: usize::MAX,
             per_call: usize::MAX,
             out: vec![],
             ops: vec![],
             fail: false,
+            records: 0,
+            open: 0,
         }
     }
 
     fn accept(&mut self, len: usize) -> usize {
         len.min(self.room).min(self.per_call)
     }
+
+    /// The kernel's record layer: records fill up to 16k; a write without
+    /// MSG_MORE and the end of a sendfile() close the open one.
+    fn kernel_records(&mut self, n: usize, close: bool) {
+        let total = self.open + n;
+        self.records += total / RECORD;
+        self.open = total % RECORD;
+        if close && self.open > 0 {
+            self.records += 1;
+            self.open = 0;
+        }
+    }
 }
 
 impl Transport<FakeChain> for FakeTls {
-    fn sendfile_allowed(&mut self) -> bool {
-        self.kernel
+    fn kernel_allowed(&mut self) -> bool {
+        self.kernel && !self.ssl_pending
     }
 
     fn write(&mut self, data: &[u8]) -> Result<Io, Fatal> {
         assert!(!data.is_empty(), "empty SSL_write");
+        assert_eq!(self.open, 0, "SSL_write inside an open kernel record");
         if self.fail {
             return Err(Fatal);
         }
         let n = self.accept(data.len());
         if n == 0 {
+            self.ssl_pending = true;
             return Ok(Io::Again);
         }
+        self.ssl_pending = false;
         self.ops.push(Op::Write(n));
         self.out.extend_from_slice(&data[..n]);
         self.room -= n;
+        self.records += n.div_ceil(RECORD);
+        Ok(Io::Sent(n))
+    }
+
+    fn write_kernel(&mut self, data: &[u8], more: bool) -> Result<Io, Fatal> {
+        assert!(
+            self.kernel && !self.ssl_pending,
+            "kernel write while OpenSSL has pending bytes"
+        );
+        assert!(!data.is_empty(), "empty send");
+        let n = self.accept(data.len());
+        if n == 0 {
+            return Ok(Io::Again);
+        }
+        self.ops.push(Op::Kernel(n, more));
+        self.out.extend_from_slice(&data[..n]);
+        self.room -= n;
+        self.kernel_records(n, !more);
         Ok(Io::Sent(n))
     }
 
     fn sendfile(&mut self, chain: &FakeChain, len: usize) -> Result<Io, Fatal> {
-        assert!(self.kernel, "sendfile without kTLS");
+        assert!(
+            self.kernel && !self.ssl_pending,
+            "sendfile while OpenSSL has pending bytes"
+        );
         assert!(len > 0, "empty SSL_sendfile");
         assert_eq!(
             len as u64,
@@ -240,11 +291,14 @@ impl Transport<FakeChain> for FakeTls {
             }
         }
         self.room -= n;
+        self.kernel_records(n, true);
         Ok(Io::Sent(n))
     }
 }
 
 const LIMIT: u64 = i32::MAX as u64 - 4096;
+/// The default of `ktls_sendfile_min_size`.
+const MIN: u64 = 16384;
 
 struct Run {
     chain: FakeChain,
@@ -274,7 +328,7 @@ impl Run {
             last: self.last,
             flush: self.flush,
         };
-        let r = send_chain(&mut self.chain, &mut buf, &mut self.tls, limit);
+        let r = send_chain(&mut self.chain, &mut buf, &mut self.tls, limit, MIN);
         (self.pos, self.last, self.flush) = (buf.pos, buf.last, buf.flush);
         r
     }
@@ -294,7 +348,7 @@ fn limit_follows_nginx() {
 
 #[test]
 fn memory_without_flush_stays_buffered() {
-    let mut run = Run::new(vec![mem(b"hello")], true, 16384);
+    let mut run = Run::new(vec![mem(b"hello")], false, 16384);
     assert_eq!(run.call(LIMIT), Ok(true));
     assert!(run.tls.ops.is_empty(), "nothing is written before a flush");
     assert_eq!(&run.mem[run.pos..run.last], b"hello");
@@ -340,7 +394,12 @@ fn file_goes_out_with_sendfile_after_the_header() {
     let mut run = Run::new(bufs, true, 16384);
     assert_eq!(run.call(LIMIT), Ok(false));
     assert_eq!(run.tls.out, want);
-    assert_eq!(run.tls.ops, vec![Op::Write(6), Op::Sendfile(100_000)]);
+    // The header rides in the first record of the file data.
+    assert_eq!(
+        run.tls.ops,
+        vec![Op::Kernel(6, true), Op::Sendfile(100_000)]
+    );
+    assert_eq!(run.tls.records, 100_006usize.div_ceil(RECORD));
 }
 
 #[test]
@@ -359,12 +418,12 @@ fn neighbouring_file_buffers_are_coalesced() {
 
 #[test]
 fn different_files_are_separate_sendfiles() {
-    let a = pattern(5000, 5);
-    let b = pattern(7000, 6);
+    let a = pattern(20000, 5);
+    let b = pattern(30000, 6);
     let bufs = vec![file(1, &a, 0), file(2, &b, 0), flushed(special(true))];
     let mut run = Run::new(bufs, true, 16384);
     assert_eq!(run.call(LIMIT), Ok(false));
-    assert_eq!(run.tls.ops, vec![Op::Sendfile(5000), Op::Sendfile(7000)]);
+    assert_eq!(run.tls.ops, vec![Op::Sendfile(20000), Op::Sendfile(30000)]);
 }
 
 #[test]
@@ -414,7 +473,8 @@ fn limit_bounds_each_call() {
         .tls
         .ops
         .iter()
-        .all(|op| matches!(op, Op::Write(n) | Op::Sendfile(n) if *n <= 8192)));
+        .all(|op| matches!(op, Op::Write(n) | Op::Kernel(n, _) | Op::Sendfile(n) if *n <= 8192)));
+    assert_eq!(run.tls.open, 0, "a record was left open");
 }
 
 #[test]
@@ -441,28 +501,28 @@ fn short_writes_and_again_resume_exactly() {
             assert!(rounds < 1000, "no progress");
         }
         assert_eq!(run.tls.out, want, "kernel={kernel}");
+        assert_eq!(run.tls.open, 0, "a record was left open");
+        assert_more_only_before_sendfile(&run.tls.ops);
     }
 }
 
 #[test]
-fn partial_record_write_is_retried_before_sendfile() {
+fn blocked_ssl_write_is_retried_before_the_kernel_is_used() {
     // OpenSSL wants an SSL_write() retried with the same bytes before
-    // anything else goes out; sendfile must not overtake it.
+    // anything else goes out, even once kTLS could take the rest directly.
     let bufs = vec![
         mem(&pattern(1000, 12)),
-        flushed(file(1, &pattern(5000, 13), 0)),
+        flushed(file(1, &pattern(20000, 13), 0)),
     ];
     let want = concat(&bufs);
-    let mut run = Run::new(bufs, true, 16384);
-    run.tls.room = 600;
+    let mut run = Run::new(bufs, false, 16384);
+    run.tls.room = 0;
     assert_eq!(run.call(LIMIT), Ok(true));
-    assert_eq!(run.tls.ops, vec![Op::Write(600)]);
+    assert!(run.tls.ssl_pending);
+    run.tls.kernel = true;
     run.tls.room = usize::MAX;
     assert_eq!(run.call(LIMIT), Ok(false));
-    assert_eq!(
-        run.tls.ops,
-        vec![Op::Write(600), Op::Write(400), Op::Sendfile(5000)]
-    );
+    assert_eq!(run.tls.ops, vec![Op::Write(16384), Op::Kernel(4616, false)]);
     assert_eq!(run.tls.out, want);
 }
 
@@ -470,7 +530,7 @@ fn partial_record_write_is_retried_before_sendfile() {
 fn sendfile_waits_until_openssl_allows_it() {
     // 0-RTT: the handshake is not finished, so file bytes go through the
     // record layer until it is.
-    let body = pattern(40000, 14);
+    let body = pattern(80000, 14);
     let bufs = vec![file(1, &body, 0), flushed(special(true))];
     let mut run = Run::new(bufs, false, 16384);
     run.tls.room = 16384;
@@ -484,7 +544,7 @@ fn sendfile_waits_until_openssl_allows_it() {
         vec![
             Op::Write(16384),
             Op::Write(16384),
-            Op::Sendfile(40000 - 32768)
+            Op::Sendfile(80000 - 32768)
         ]
     );
     assert_eq!(run.tls.out, body);
@@ -493,7 +553,7 @@ fn sendfile_waits_until_openssl_allows_it() {
 #[test]
 fn special_buffers_only_flush() {
     let bufs = vec![mem(b"a"), special(false), mem(b"b"), special(true)];
-    let mut run = Run::new(bufs, true, 16384);
+    let mut run = Run::new(bufs, false, 16384);
     assert_eq!(run.call(LIMIT), Ok(false));
     assert_eq!(run.tls.out, b"ab");
     assert_eq!(run.tls.ops, vec![Op::Write(2)]);
@@ -527,4 +587,116 @@ fn flush_survives_again() {
     let mut want = pattern(100, 15);
     want.extend_from_slice(b"more");
     assert_eq!(run.tls.out, want);
+}
+
+/// MSG_MORE holds a record open: only right before the file data that
+/// closes it, never at the end of what a call writes.
+fn assert_more_only_before_sendfile(ops: &[Op]) {
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::Kernel(_, true) = op {
+            assert!(
+                matches!(
+                    ops.get(i + 1),
+                    Some(Op::Sendfile(_)) | Some(Op::Kernel(..)) | None
+                ),
+                "MSG_MORE not followed by the file data: {ops:?}"
+            );
+        }
+    }
+}
+
+/// An HTTP/2 response as nginx chains it: a 9-byte DATA frame header
+/// before each 8k of the file.
+fn h2_frames(body: &[u8]) -> Vec<FakeBuf> {
+    let mut bufs = vec![mem(&pattern(120, 20))];
+    for (i, chunk) in body.chunks(8192).enumerate() {
+        bufs.push(mem(&pattern(9, i as u8)));
+        bufs.push(file(1, chunk, (i * 8192) as u64));
+    }
+    let last = bufs.len() - 1;
+    bufs[last].flush = true;
+    bufs
+}
+
+#[test]
+fn h2_frames_fill_records_as_userspace_tls_does() {
+    let body = pattern(1 << 20, 21);
+    let bufs = h2_frames(&body);
+    let want = concat(&bufs);
+
+    let mut user = Run::new(bufs.clone(), false, 16384);
+    assert_eq!(user.call(LIMIT), Ok(false));
+    assert_eq!(user.tls.out, want);
+
+    let mut ktls = Run::new(bufs, true, 16384);
+    assert_eq!(ktls.call(LIMIT), Ok(false));
+    assert_eq!(ktls.tls.out, want);
+    assert_eq!(ktls.tls.open, 0);
+    assert!(
+        ktls.tls.records <= user.tls.records,
+        "kTLS {} records, userspace {}",
+        ktls.tls.records,
+        user.tls.records
+    );
+    assert!(!ktls.tls.ops.iter().any(|op| matches!(op, Op::Sendfile(_))));
+}
+
+#[test]
+fn http1_file_records_are_full() {
+    let body = pattern(1 << 20, 22);
+    let bufs = vec![mem(&pattern(300, 23)), flushed(file(1, &body, 0))];
+    let want = concat(&bufs);
+    let mut run = Run::new(bufs, true, 16384);
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert_eq!(run.tls.out, want);
+    assert_eq!(
+        run.tls.ops,
+        vec![Op::Kernel(300, true), Op::Sendfile(1 << 20)]
+    );
+    assert!(run.tls.records <= (1usize << 20).div_ceil(RECORD) + 2);
+}
+
+#[test]
+fn small_file_shares_the_header_record() {
+    let bufs = vec![
+        mem(&pattern(200, 24)),
+        flushed(file(1, &pattern(4096, 25), 0)),
+    ];
+    let want = concat(&bufs);
+    let mut run = Run::new(bufs, true, 16384);
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert_eq!(run.tls.out, want);
+    assert_eq!(run.tls.ops, vec![Op::Kernel(4296, false)]);
+    assert_eq!(run.tls.records, 1);
+}
+
+#[test]
+fn chunked_response_with_again_keeps_order_and_closes_records() {
+    // A chunk-size line, the file, the chunk end, with the socket filling
+    // up at awkward places.
+    let body = pattern(300_000, 26);
+    let bufs = vec![
+        mem(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        mem(b"493e0\r\n"),
+        file(1, &body, 0),
+        mem(b"\r\n0\r\n\r\n"),
+        flushed(special(true)),
+    ];
+    let want = concat(&bufs);
+    for room in [1, 7, 53, 4096, 16385, 70000] {
+        let mut run = Run::new(bufs.clone(), true, 16384);
+        let mut rounds = 0;
+        loop {
+            run.tls.room = room;
+            let buffered = run.call(LIMIT).unwrap();
+            if run.chain.bufs.is_empty() && !buffered {
+                break;
+            }
+            rounds += 1;
+            assert!(rounds < 400_000, "no progress");
+        }
+        assert_eq!(run.tls.out, want, "room {room}");
+        assert_eq!(run.tls.open, 0, "room {room}: a record was left open");
+        assert_more_only_before_sendfile(&run.tls.ops);
+    }
 }
