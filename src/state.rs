@@ -65,11 +65,18 @@ pub unsafe fn get(ssl: *mut SSL) -> Option<&'static mut ConnState> {
     unsafe { SSL_get_ex_data(ssl, index).cast::<ConnState>().as_mut() }
 }
 
-/// Gives `ssl` a fresh state allocated from `pool`.
+/// Gives `ssl` a fresh state allocated from `pool`.  `ssl_write_pending`
+/// is what is known of bytes nginx's own path left in the TLS buffer: they
+/// may be an `SSL_write()` to retry.
 ///
 /// # Safety
 /// `ssl` must be a live OpenSSL connection and `pool` its connection's pool.
-pub unsafe fn attach(ssl: *mut SSL, pool: *mut ngx_pool_t, sendfile_min: u64) -> Result<(), ()> {
+pub unsafe fn attach(
+    ssl: *mut SSL,
+    pool: *mut ngx_pool_t,
+    sendfile_min: u64,
+    ssl_write_pending: bool,
+) -> Result<(), ()> {
     let index = EX_INDEX.load(Ordering::Relaxed);
     // SAFETY: ngx_palloc() returns memory aligned for any type, written
     // before it is published; ConnState needs no drop (pool memory).
@@ -80,7 +87,7 @@ pub unsafe fn attach(ssl: *mut SSL, pool: *mut ngx_pool_t, sendfile_min: u64) ->
         }
         state.write(ConnState {
             sendfile_bytes: 0,
-            ssl_write_pending: false,
+            ssl_write_pending,
             sendfile_min,
         });
         if SSL_set_ex_data(ssl, index, state.cast()) != 1 {

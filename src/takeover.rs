@@ -72,7 +72,12 @@ unsafe fn take_over(r: *mut ngx_http_request_t) {
             return;
         }
 
-        if state::attach((*ssl).connection, (*c).pool, conf.sendfile_min as u64).is_err() {
+        // Bytes nginx's path left buffered may be half-offered to OpenSSL
+        // (HTTP/2's first frames go out before any response).
+        let buf = (*ssl).buf;
+        let buffered = !buf.is_null() && (*buf).pos < (*buf).last;
+        let sendfile_min = conf.sendfile_min as u64;
+        if state::attach((*ssl).connection, (*c).pool, sendfile_min, buffered).is_err() {
             // Nothing is lost: nginx's own path stays in place.
             debug!(
                 (*c).log,
