@@ -126,20 +126,40 @@ impl Ktls {
     pub const BOTH: [Ktls; 2] = [Ktls::On, Ktls::Off];
 }
 
+/// What a response's bytes are expected to go out with under kTLS on a taken-over connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Only memory: nothing for SSL_sendfile().
+    Memory,
+    /// File data that must go out with SSL_sendfile() (at least once on the connection so far).
+    Sendfile,
+    /// File data the module reads into its buffer on purpose: runs shorter than
+    /// `ktls_sendfile_min_size` (default one TLS record, 16 KiB; every sendfile() ends a record),
+    /// such as HTTP/2's default 8 KiB DATA frames, and anything sent in 0-RTT. kTLS use is
+    /// still asserted, SSL_sendfile() is not.
+    MayCopy,
+}
+
+impl Sent {
+    /// For a static file of `size` bytes sent whole in one piece.
+    pub fn for_file(size: usize) -> Sent {
+        match size {
+            0 => Sent::Memory,
+            1..16384 => Sent::MayCopy,
+            _ => Sent::Sendfile,
+        }
+    }
+}
+
 /// Checks the send path of one connection that served file responses, from its debug lines and
 /// access log line:
 /// - with the module, `ktls on` takes the connection over and `ktls off` does not;
 /// - on a kernel without kTLS (the host) `$ktls_tx` is 0 and nothing goes out with SSL_sendfile();
-/// - under `KTLS_EXPECT_KERNEL`, `$ktls_tx` is 1, and with `ktls on` SSL_sendfile() sent bytes:
+/// - under `KTLS_EXPECT_KERNEL`, `$ktls_tx` is 1, and with `ktls on` and [`Sent::Sendfile`]
+///   SSL_sendfile() sent bytes:
 ///   a run where kTLS silently was not used fails here.
 #[track_caller]
-pub fn assert_send_path(
-    what: &str,
-    ktls: Ktls,
-    error_log: &str,
-    entry: &AccessEntry,
-    file_bytes: bool,
-) {
+pub fn assert_send_path(what: &str, ktls: Ktls, error_log: &str, entry: &AccessEntry, sent: Sent) {
     let lines = connection_lines(error_log, entry.connection);
     assert!(
         !lines.is_empty(),
@@ -151,7 +171,7 @@ pub fn assert_send_path(
         skipped(&format!(
             "{what}: takeover line and $ktls_* variables (KTLS_MODULE=none)"
         ));
-        if expect_kernel() && file_bytes {
+        if expect_kernel() && sent != Sent::Memory {
             assert!(
                 lines
                     .iter()
@@ -184,7 +204,7 @@ pub fn assert_send_path(
     };
     if expect_kernel() {
         assert_eq!(tx, "1", "{what}: $ktls_tx under a kTLS kernel: {entry:?}");
-        if ktls == Ktls::On && file_bytes {
+        if ktls == Ktls::On && sent == Sent::Sendfile {
             assert!(
                 sf > 0,
                 "{what}: no bytes went out with SSL_sendfile(): {entry:?}"

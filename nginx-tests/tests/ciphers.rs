@@ -5,7 +5,7 @@
 use nginx_ktls_tests::body::{assert_body, pseudo_random};
 use nginx_ktls_tests::h1::H1;
 use nginx_ktls_tests::kernel::TlsStat;
-use nginx_ktls_tests::logs::{assert_send_path, Ktls};
+use nginx_ktls_tests::logs::{assert_send_path, Ktls, Sent};
 use nginx_ktls_tests::nginx::Setup;
 use nginx_ktls_tests::tls::{ClientOpts, TlsConn, TlsVersion};
 
@@ -48,7 +48,13 @@ fn every_ktls_cipher() {
                     (version.name(), cipher),
                     "{name}"
                 );
-                assert_send_path(&format!("{name} {uri}"), ktls, &srv.error_log(), &e, true);
+                assert_send_path(
+                    &format!("{name} {uri}"),
+                    ktls,
+                    &srv.error_log(),
+                    &e,
+                    Sent::Sendfile,
+                );
             }
         }
     }

@@ -9,7 +9,7 @@ use nginx_ktls_tests::body::{assert_body, pseudo_random};
 use nginx_ktls_tests::cases::Case;
 use nginx_ktls_tests::h1::{get, Pace, H1};
 use nginx_ktls_tests::kernel::TlsStat;
-use nginx_ktls_tests::logs::{assert_send_path, connection_lines};
+use nginx_ktls_tests::logs::{assert_send_path, connection_lines, Sent};
 use nginx_ktls_tests::nginx::{Nginx, Setup};
 use nginx_ktls_tests::tls::TlsConn;
 use openssl::ssl::SslSession;
@@ -126,8 +126,22 @@ fn zero_rtt(srv: &Nginx, case: Case, file: &[u8], label: &str, body_len: usize, 
         early.len(),
         "{name}: early data bytes nginx read in 0-RTT"
     );
-    assert_send_path(&format!("{name} {uri}"), case.ktls, &log, &e1, true);
-    assert_send_path(&format!("{name} {second}"), case.ktls, &log, &e2, true);
+    // 0-RTT data is written with SSL_write_early_data(); the second response, after the
+    // handshake, goes out with SSL_sendfile().
+    assert_send_path(
+        &format!("{name} {uri}"),
+        case.ktls,
+        &log,
+        &e1,
+        Sent::MayCopy,
+    );
+    assert_send_path(
+        &format!("{name} {second}"),
+        case.ktls,
+        &log,
+        &e2,
+        Sent::Sendfile,
+    );
 }
 
 /// The seed case: `Content-Length: 10` in 0-RTT, the 10 body bytes after the handshake.

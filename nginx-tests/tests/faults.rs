@@ -7,7 +7,7 @@ use nginx_ktls_tests::body::{assert_body, pseudo_random};
 use nginx_ktls_tests::cases::Case;
 use nginx_ktls_tests::config::{expect_kernel, module_loaded, size_for_run};
 use nginx_ktls_tests::h1::{get, H1};
-use nginx_ktls_tests::logs::{assert_send_path, Ktls};
+use nginx_ktls_tests::logs::{assert_send_path, Ktls, Sent};
 use nginx_ktls_tests::nginx::Nginx;
 use nginx_ktls_tests::nginx::Setup;
 use nginx_ktls_tests::tls::TlsConn;
@@ -95,7 +95,7 @@ fn client_closes_mid_transfer() {
             levels.iter().all(|&l| l == "info"),
             "{name}: logged above info: {levels:?}"
         );
-        assert_send_path(&name, case.ktls, &log, &e, true);
+        assert_send_path(&name, case.ktls, &log, &e, Sent::Sendfile);
     }
     srv.finish();
 }

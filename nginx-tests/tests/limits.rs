@@ -4,7 +4,7 @@ use nginx_ktls_tests::body::{assert_body, pseudo_random};
 use nginx_ktls_tests::cases::Case;
 use nginx_ktls_tests::config::expect_kernel;
 use nginx_ktls_tests::h1::H1;
-use nginx_ktls_tests::logs::{assert_send_path, connection_lines};
+use nginx_ktls_tests::logs::{assert_send_path, connection_lines, Sent};
 use nginx_ktls_tests::nginx::Setup;
 use nginx_ktls_tests::tls::TlsConn;
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ fn sendfile_max_chunk_small() {
         assert_body(&name, &file, &r.body);
         let e = srv.entry(&uri);
         let log = srv.error_log();
-        assert_send_path(&name, case.ktls, &log, &e, true);
+        assert_send_path(&name, case.ktls, &log, &e, Sent::Sendfile);
         let sends: Vec<i64> = connection_lines(&log, e.connection)
             .iter()
             .filter_map(|l| l.strip_prefix("SSL_sendfile: ")?.trim().parse().ok())
@@ -89,7 +89,7 @@ fn limit_rate_lower_bound() {
     let log = srv.error_log();
     for case in Case::all() {
         let e = srv.entry(&format!("/slow/file?case={}", case.name()));
-        assert_send_path(&case.name(), case.ktls, &log, &e, true);
+        assert_send_path(&case.name(), case.ktls, &log, &e, Sent::Sendfile);
     }
     srv.finish();
 }
