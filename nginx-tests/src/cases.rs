@@ -40,3 +40,18 @@ impl Case {
         ClientOpts::new(self.version)
     }
 }
+
+/// Runs `f` for every case, all of them even when one fails, then fails naming each case that
+/// did: a failure with `ktls on` only, or `ktls off` only, is a finding in itself.
+#[track_caller]
+pub fn each(cases: Vec<Case>, f: impl Fn(Case)) {
+    let failed: Vec<String> = cases
+        .into_iter()
+        .filter(|&case| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(case))).is_err())
+        .map(|case| case.name())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed cases (messages above): {failed:?}"
+    );
+}

@@ -4,7 +4,7 @@
 //! (`finish` fails on "exited on signal").
 
 use nginx_ktls_tests::body::{assert_body, pseudo_random};
-use nginx_ktls_tests::cases::Case;
+use nginx_ktls_tests::cases::{each, Case};
 use nginx_ktls_tests::config::{expect_kernel, module_loaded, size_for_run};
 use nginx_ktls_tests::h1::{get, H1};
 use nginx_ktls_tests::logs::{assert_send_path, Ktls, Sent};
@@ -65,7 +65,7 @@ fn client_closes_mid_transfer() {
         .file("big", big)
         .file("small", small.clone())
         .start();
-    for case in Case::all() {
+    each(Case::all(), |case| {
         let name = case.name();
         let uri = format!("/big?case={name}");
         let mut conn =
@@ -96,7 +96,7 @@ fn client_closes_mid_transfer() {
             "{name}: logged above info: {levels:?}"
         );
         assert_send_path(&name, case.ktls, &log, &e, Sent::Sendfile);
-    }
+    });
     srv.finish();
 }
 
@@ -113,7 +113,7 @@ fn file_truncated_while_sending() {
         setup = setup.file(&format!("t-{}", case.name()), content.clone());
     }
     let srv = setup.start();
-    for case in Case::all() {
+    each(Case::all(), |case| {
         let name = case.name();
         let path = srv.html(&format!("t-{name}"));
         let mut conn =
@@ -153,7 +153,7 @@ fn file_truncated_while_sending() {
             let want = format!("SSL_sendfile() reported that \"{p}\" was truncated at ");
             assert!(log.contains(&want), "{name}: no {want:?}");
         }
-    }
+    });
     // The alerts about the truncated files are the point of this test.
     srv.finish_allowing(&["/html/t-"]);
 }
