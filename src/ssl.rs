@@ -386,6 +386,39 @@ pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) ->
     }
 }
 
+/// Makes TCP send what a `sendfile()` that ran out of socket space left
+/// queued.
+///
+/// On a kTLS socket, `sendfile()` hands TCP the record's pages as "more to
+/// follow", and when the socket buffer fills in the middle, the partial
+/// segment stays corked: with a small `sndbuf` and a large MSS (loopback)
+/// the socket then never becomes writable again, and the response stalls
+/// until `send_timeout` (measured under kernel 6.1: nginx's own path stalls
+/// on about half of 1 MiB responses with `sndbuf=16k`).  Clearing TCP_CORK,
+/// which nginx never sets on TLS connections, pushes the queued segments
+/// without changing anything else.
+///
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn push_pending_frames(c: *mut ngx_connection_t) {
+    let off: libc::c_int = 0;
+    // SAFETY: a live socket; setsockopt() reads one int.
+    let rc = unsafe {
+        libc::setsockopt(
+            (*c).fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            ptr::addr_of!(off).cast(),
+            core::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == -1 {
+        // Only a nudge: the write event and send_timeout still bound the wait.
+        // SAFETY: c is live.
+        unsafe { debug!((*c).log, "setsockopt(TCP_CORK, 0) failed: {}", ngx_errno()) };
+    }
+}
+
 /// `ngx_ssl_sendfile()`: sends `size` bytes of `file`'s file from its
 /// current position with `SSL_sendfile()`.
 ///
@@ -452,6 +485,7 @@ pub unsafe fn sendfile(
             SSL_ERROR_WANT_WRITE => {
                 restore_read_handler(c)?;
                 (*(*c).write).set_ready(0);
+                push_pending_frames(c);
                 Ok(Io::Again)
             }
             SSL_ERROR_WANT_READ => {
