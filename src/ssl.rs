@@ -15,12 +15,12 @@ use core::ptr;
 
 use nginx_sys::{
     ngx_buf_t, ngx_connection_t, ngx_errno, ngx_event_t, ngx_handle_read_event, ngx_log_t,
-    ngx_post_event, ngx_posted_events, ngx_set_errno, ngx_ssl_error, BIO_ctrl, ERR_clear_error,
-    ERR_peek_error, ERR_peek_last_error, SSL_get_error, SSL_get_key_update_type, SSL_get_rbio,
-    SSL_get_wbio, SSL_is_init_finished, SSL_sendfile, SSL_write, SSL_write_early_data,
-    BIO_CTRL_GET_KTLS_RECV, BIO_CTRL_GET_KTLS_SEND, ERR_REASON_MASK, NGX_LOG_ALERT, SSL,
-    SSL_ERROR_SSL, SSL_ERROR_SYSCALL, SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE,
-    SSL_ERROR_ZERO_RETURN, SSL_KEY_UPDATE_NONE, SSL_R_UNINITIALIZED,
+    ngx_post_event, ngx_posted_events, ngx_set_errno, ngx_ssl_error, ngx_tcp_push, BIO_ctrl,
+    ERR_clear_error, ERR_peek_error, ERR_peek_last_error, SSL_get_error, SSL_get_key_update_type,
+    SSL_get_rbio, SSL_get_wbio, SSL_is_init_finished, SSL_sendfile, SSL_write,
+    SSL_write_early_data, BIO_CTRL_GET_KTLS_RECV, BIO_CTRL_GET_KTLS_SEND, ERR_REASON_MASK,
+    NGX_LOG_ALERT, SSL, SSL_ERROR_SSL, SSL_ERROR_SYSCALL, SSL_ERROR_WANT_READ,
+    SSL_ERROR_WANT_WRITE, SSL_ERROR_ZERO_RETURN, SSL_KEY_UPDATE_NONE, SSL_R_UNINITIALIZED,
 };
 
 use crate::error_level::error_level;
@@ -394,28 +394,20 @@ pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) ->
 /// segment stays corked: with a small `sndbuf` and a large MSS (loopback)
 /// the socket then never becomes writable again, and the response stalls
 /// until `send_timeout` (measured under kernel 6.1: nginx's own path stalls
-/// on about half of 1 MiB responses with `sndbuf=16k`).  Clearing TCP_CORK,
-/// which nginx never sets on TLS connections, pushes the queued segments
-/// without changing anything else.
+/// on about half of 1 MiB responses with `sndbuf=16k`).  Clearing TCP_CORK
+/// (`ngx_tcp_push()`), which nginx never sets on TLS connections, pushes the
+/// queued segments and changes nothing else.
 ///
 /// # Safety
 /// `c` must be a live connection.
 unsafe fn push_pending_frames(c: *mut ngx_connection_t) {
-    let off: libc::c_int = 0;
-    // SAFETY: a live socket; setsockopt() reads one int.
-    let rc = unsafe {
-        libc::setsockopt(
-            (*c).fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            ptr::addr_of!(off).cast(),
-            core::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == -1 {
-        // Only a nudge: the write event and send_timeout still bound the wait.
-        // SAFETY: c is live.
-        unsafe { debug!((*c).log, "setsockopt(TCP_CORK, 0) failed: {}", ngx_errno()) };
+    // SAFETY: c is a live connection with a socket.
+    unsafe {
+        if ngx_tcp_push((*c).fd) == -1 {
+            // Only a nudge: the write event and send_timeout still bound
+            // the wait.
+            debug!((*c).log, "setsockopt(!TCP_CORK) failed: {}", ngx_errno());
+        }
     }
 }
 
