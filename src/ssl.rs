@@ -215,6 +215,62 @@ unsafe fn wait_readable(c: *mut ngx_connection_t) -> Result<Io, Fatal> {
     }
 }
 
+/// Which OpenSSL call failed, for [`write_error`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Write,
+    WriteEarly,
+    Sendfile,
+}
+
+/// `SSL_get_error()` for a write that returned `n`, corrected where nginx
+/// corrects it, and the errno that goes with SSL_ERROR_SYSCALL.
+///
+/// # Safety
+/// `c` must be a live TLS connection; called right after the failed write.
+unsafe fn write_error(c: *mut ngx_connection_t, n: c_int, call: Call) -> (u32, i32) {
+    // SAFETY: the caller guarantees a live TLS connection.
+    unsafe {
+        let mut sslerr = SSL_get_error(ssl_of(c), n) as u32;
+        if sslerr == SSL_ERROR_ZERO_RETURN && call != Call::WriteEarly {
+            // OpenSSL says ZERO_RETURN for a write that failed after the
+            // peer's close_notify (1.1.1, and sendfile in 3.x); it is a
+            // system error.
+            sslerr = SSL_ERROR_SYSCALL;
+        }
+        if call == Call::Sendfile
+            && sslerr == SSL_ERROR_SSL
+            && (ERR_peek_error() & ERR_REASON_MASK as u64) as u32 == SSL_R_UNINITIALIZED
+            && ngx_errno() != 0
+        {
+            // OpenSSL before 3.4 reports a failed sendfile() (EPIPE and
+            // others) as SSL_R_UNINITIALIZED; errno tells what happened.
+            sslerr = SSL_ERROR_SYSCALL;
+        }
+        let err = if sslerr == SSL_ERROR_SYSCALL {
+            ngx_errno()
+        } else {
+            0
+        };
+        debug!((*c).log, "SSL_get_error: {}", sslerr);
+        (sslerr, err)
+    }
+}
+
+/// The write needs the socket to become writable: the read handler a
+/// WANT_READ replaced gets its event back meanwhile.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+unsafe fn wait_writable(c: *mut ngx_connection_t) -> Result<Io, Fatal> {
+    // SAFETY: as for restore_read_handler().
+    unsafe {
+        restore_read_handler(c)?;
+        (*(*c).write).set_ready(0);
+    }
+    Ok(Io::Again)
+}
+
 /// The connection cannot be written to any more: no close_notify, and the
 /// failure logged.
 ///
@@ -260,25 +316,10 @@ pub unsafe fn write(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> 
             return Ok(Io::Sent(n as usize));
         }
 
-        let mut sslerr = SSL_get_error(ssl_of(c), n) as u32;
-        if sslerr == SSL_ERROR_ZERO_RETURN {
-            // OpenSSL 1.1.1 says ZERO_RETURN for a write that failed after
-            // the peer's close_notify; it is a system error.
-            sslerr = SSL_ERROR_SYSCALL;
-        }
-        let err = if sslerr == SSL_ERROR_SYSCALL {
-            ngx_errno()
-        } else {
-            0
-        };
-        debug!((*c).log, "SSL_get_error: {}", sslerr);
+        let (sslerr, err) = write_error(c, n, Call::Write);
 
         match sslerr {
-            SSL_ERROR_WANT_WRITE => {
-                restore_read_handler(c)?;
-                (*(*c).write).set_ready(0);
-                Ok(Io::Again)
-            }
+            SSL_ERROR_WANT_WRITE => wait_writable(c),
             SSL_ERROR_WANT_READ => {
                 debug!((*c).log, "SSL_write: want read");
                 wait_readable(c)
@@ -319,21 +360,15 @@ unsafe fn write_early(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal
             return Ok(Io::Sent(written));
         }
 
-        let sslerr = SSL_get_error(ssl_of(c), n) as u32;
-        let err = if sslerr == SSL_ERROR_SYSCALL {
-            ngx_errno()
-        } else {
-            0
-        };
-        debug!((*c).log, "SSL_get_error: {}", sslerr);
+        let (sslerr, err) = write_error(c, n, Call::WriteEarly);
 
         match sslerr {
             SSL_ERROR_WANT_WRITE => {
                 debug!((*c).log, "SSL_write_early_data: want write");
-                restore_read_handler(c)?;
+                // OpenSSL 1.1.1a fails SSL_read_early_data() after a blocked
+                // SSL_write_early_data() (issue 7757): reading waits.
                 (*(*c).ssl).set_write_blocked(1);
-                (*(*c).write).set_ready(0);
-                Ok(Io::Again)
+                wait_writable(c)
             }
             SSL_ERROR_WANT_READ => {
                 debug!((*c).log, "SSL_write_early_data: want read");
@@ -454,31 +489,12 @@ pub unsafe fn sendfile(
             return Err(Fatal);
         }
 
-        let mut sslerr = SSL_get_error(ssl_of(c), n as c_int) as u32;
-        if sslerr == SSL_ERROR_ZERO_RETURN {
-            sslerr = SSL_ERROR_SYSCALL;
-        }
-        if sslerr == SSL_ERROR_SSL
-            && (ERR_peek_error() & ERR_REASON_MASK as u64) as u32 == SSL_R_UNINITIALIZED
-            && ngx_errno() != 0
-        {
-            // OpenSSL before 3.4 reports a failed sendfile() (EPIPE and
-            // others) as SSL_R_UNINITIALIZED; errno tells what happened.
-            sslerr = SSL_ERROR_SYSCALL;
-        }
-        let err = if sslerr == SSL_ERROR_SYSCALL {
-            ngx_errno()
-        } else {
-            0
-        };
-        debug!((*c).log, "SSL_get_error: {}", sslerr);
+        let (sslerr, err) = write_error(c, n as c_int, Call::Sendfile);
 
         match sslerr {
             SSL_ERROR_WANT_WRITE => {
-                restore_read_handler(c)?;
-                (*(*c).write).set_ready(0);
                 push_pending_frames(c);
-                Ok(Io::Again)
+                wait_writable(c)
             }
             SSL_ERROR_WANT_READ => {
                 debug!((*c).log, "SSL_sendfile: want read");
