@@ -323,7 +323,7 @@ impl Run {
 
     /// Calls until everything is sent, the socket taking `room` bytes
     /// between calls (as if the peer read that much each time).
-    fn run.run_to_end(&mut self, room: usize) {
+    fn run_to_end(&mut self, room: usize) {
         let bytes: usize = self.chain.bufs.iter().map(|b| b.rest().len()).sum();
         for _ in 0..=bytes + 1 {
             self.tls.room = room;
