@@ -1,10 +1,12 @@
 //! Installs the module's send functions on TLS connections, and those
 //! functions themselves (`c->send_chain`, `c->send`).
 
+use core::ptr;
+
 use nginx_sys::{
-    ngx_chain_t, ngx_connection_t, ngx_create_temp_buf, ngx_http_output_header_filter_pt,
-    ngx_http_request_t, ngx_int_t, ngx_pagesize, ngx_palloc, ngx_ssl_send_chain, ngx_ssl_write,
-    off_t, u_char, NGX_AGAIN, NGX_ERROR, NGX_SSL_BUFFERED,
+    ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_http_output_header_filter_pt, ngx_http_request_t,
+    ngx_int_t, ngx_pagesize, ngx_pcalloc, ngx_ssl_send_chain, ngx_ssl_write, off_t, u_char,
+    NGX_AGAIN, NGX_ERROR, NGX_SSL_BUFFERED,
 };
 use ngx::http::HttpModuleServerConf;
 
@@ -76,6 +78,12 @@ unsafe fn take_over(r: *mut ngx_http_request_t) {
         // (HTTP/2's first frames go out before any response).
         let buf = (*ssl).buf;
         let buffered = !buf.is_null() && (*buf).pos < (*buf).last;
+        if !buf.is_null() && !(*buf).start.is_null() {
+            // nginx allocated it uninitialised: what follows the buffered
+            // bytes becomes initialised before Rust sees it as bytes.
+            let last = (*buf).last;
+            ptr::write_bytes(last, 0, (*buf).end.offset_from(last) as usize);
+        }
         let sendfile_min = conf.sendfile_min as u64;
         if state::attach((*ssl).connection, (*c).pool, sendfile_min, buffered).is_err() {
             // Nothing is lost: nginx's own path stays in place.
@@ -126,15 +134,18 @@ unsafe extern "C" fn send_chain(
 
         let mut b = (*ssl).buf;
         if b.is_null() {
-            b = ngx_create_temp_buf((*c).pool, size);
+            b = ngx_pcalloc((*c).pool, core::mem::size_of::<ngx_buf_t>()).cast::<ngx_buf_t>();
             if b.is_null() {
                 return CHAIN_ERROR;
             }
+            (*b).set_temporary(1);
             (*ssl).buf = b;
         }
         if (*b).start.is_null() {
-            // ngx_ssl_free_buffer() released it while the connection idled.
-            let start = ngx_palloc((*c).pool, size).cast::<u_char>();
+            // First use, or ngx_ssl_free_buffer() released it while the
+            // connection idled.  Zeroed: the buffer is handed to Rust as
+            // initialised bytes.
+            let start = ngx_pcalloc((*c).pool, size).cast::<u_char>();
             if start.is_null() {
                 return CHAIN_ERROR;
             }
