@@ -1,6 +1,20 @@
 //! Whether this kernel can do TLS: the "tls" TCP upper-layer protocol.
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use std::io;
+
+/// What the start-up check found; workers inherit it.
+static AVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Records the start-up check's result.
+pub fn set_available(available: bool) {
+    AVAILABLE.store(available, Ordering::Relaxed);
+}
+
+/// Whether the start-up check found kTLS in the kernel.
+pub fn available() -> bool {
+    AVAILABLE.load(Ordering::Relaxed)
+}
 
 /// Why kTLS cannot be used here, if it cannot.
 pub fn tls_ulp_missing() -> Option<String> {

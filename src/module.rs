@@ -18,10 +18,8 @@ use ngx::ngx_string;
 use openssl_sys as _;
 
 use crate::conf::ServerConf;
+use crate::ssl::SSL_OP_ENABLE_KTLS;
 use crate::{kernel, state, takeover, variables};
-
-/// `SSL_OP_ENABLE_KTLS` (`SSL_OP_BIT(3)`), a macro bindgen cannot translate.
-const SSL_OP_ENABLE_KTLS: u64 = 1 << 3;
 
 /// The module's type, for the `ngx` crate's configuration helpers.
 pub struct HttpKtlsModule;
@@ -131,7 +129,9 @@ unsafe fn warn_if_kernel_lacks_tls(cf: *mut ngx_conf_t) {
         if !any_server_wants_ktls(cf) {
             return;
         }
-        if let Some(why) = kernel::tls_ulp_missing() {
+        let missing = kernel::tls_ulp_missing();
+        kernel::set_available(missing.is_none());
+        if let Some(why) = missing {
             log_error!(
                 NGX_LOG_WARN,
                 (*cf).log,

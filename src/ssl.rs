@@ -16,8 +16,9 @@ use core::ptr;
 use nginx_sys::{
     ngx_buf_t, ngx_connection_t, ngx_errno, ngx_event_t, ngx_handle_read_event, ngx_log_t,
     ngx_post_event, ngx_posted_events, ngx_set_errno, ngx_ssl_error, ngx_tcp_push, BIO_ctrl,
-    ERR_clear_error, ERR_peek_error, ERR_peek_last_error, SSL_get_error, SSL_get_key_update_type,
-    SSL_get_rbio, SSL_get_wbio, SSL_is_init_finished, SSL_sendfile, SSL_write,
+    ERR_clear_error, ERR_peek_error, ERR_peek_last_error, SSL_CIPHER_get_name,
+    SSL_get_current_cipher, SSL_get_error, SSL_get_key_update_type, SSL_get_options, SSL_get_rbio,
+    SSL_get_version, SSL_get_wbio, SSL_is_init_finished, SSL_sendfile, SSL_write,
     SSL_write_early_data, BIO_CTRL_GET_KTLS_RECV, BIO_CTRL_GET_KTLS_SEND, ERR_REASON_MASK,
     NGX_LOG_ALERT, SSL, SSL_ERROR_SSL, SSL_ERROR_SYSCALL, SSL_ERROR_WANT_READ,
     SSL_ERROR_WANT_WRITE, SSL_ERROR_ZERO_RETURN, SSL_KEY_UPDATE_NONE, SSL_R_UNINITIALIZED,
@@ -26,6 +27,9 @@ use nginx_sys::{
 use crate::error_level::error_level;
 use crate::plan::{Fatal, Io};
 use crate::state;
+
+/// `SSL_OP_ENABLE_KTLS` (`SSL_OP_BIT(3)`), a macro bindgen cannot translate.
+pub const SSL_OP_ENABLE_KTLS: u64 = 1 << 3;
 
 /// The OpenSSL object of a TLS connection.
 ///
@@ -66,6 +70,41 @@ pub unsafe fn ktls_recv(ssl: *mut SSL) -> bool {
             0,
             ptr::null_mut(),
         ) == 1
+    }
+}
+
+/// Whether OpenSSL was asked for kTLS on `ssl` (`Options KTLS`) and did not
+/// give it for sending: the cipher, the protocol or an extension
+/// (max_fragment_length, record padding) ruled it out.
+///
+/// # Safety
+/// `ssl` must be a live OpenSSL connection.
+pub unsafe fn ktls_refused(ssl: *mut SSL) -> bool {
+    // SAFETY: forwarded from the caller.
+    unsafe { SSL_get_options(ssl) & SSL_OP_ENABLE_KTLS != 0 && !ktls_send(ssl) }
+}
+
+/// "TLSv1.3/TLS_AES_256_GCM_SHA384" for log lines.
+///
+/// # Safety
+/// `ssl` must be a live OpenSSL connection.
+pub unsafe fn describe(ssl: *mut SSL) -> String {
+    // SAFETY: OpenSSL returns static NUL-terminated names (or NULL).
+    unsafe {
+        let name = |p: *const c_char| {
+            if p.is_null() {
+                "(none)".into()
+            } else {
+                CStr::from_ptr(p).to_string_lossy()
+            }
+        };
+        let cipher = SSL_get_current_cipher(ssl);
+        let cipher = if cipher.is_null() {
+            ptr::null()
+        } else {
+            SSL_CIPHER_get_name(cipher)
+        };
+        format!("{}/{}", name(SSL_get_version(ssl)), name(cipher))
     }
 }
 

@@ -2,18 +2,19 @@
 //! functions themselves (`c->send_chain`, `c->send`).
 
 use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use nginx_sys::{
     ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_http_output_header_filter_pt, ngx_http_request_t,
     ngx_int_t, ngx_pagesize, ngx_pcalloc, ngx_ssl_send_chain, ngx_ssl_write, off_t, u_char,
-    NGX_AGAIN, NGX_ERROR, NGX_SSL_BUFFERED,
+    NGX_AGAIN, NGX_ERROR, NGX_LOG_NOTICE, NGX_SSL_BUFFERED,
 };
 use ngx::http::HttpModuleServerConf;
 
 use crate::chain::{NgxChain, Tls};
 use crate::module::HttpKtlsModule;
 use crate::plan::{self, Fatal, Io, SendBuf};
-use crate::{ssl, state};
+use crate::{kernel, ssl, state};
 
 /// The header filter after ours.
 pub static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
@@ -103,6 +104,37 @@ unsafe fn take_over(r: *mut ngx_http_request_t) {
             (*c).log,
             "ktls: send chain taken over, BIO_get_ktls_send(): {}",
             ssl::ktls_send((*ssl).connection) as u8
+        );
+
+        if kernel::available() && ssl::ktls_refused((*ssl).connection) {
+            report_ktls_refused(c);
+        }
+    }
+}
+
+/// Whether this worker has said that OpenSSL refused kTLS.
+static REFUSED_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Says once per worker that a connection asked OpenSSL for kTLS on a
+/// kernel that has it, and did not get it: otherwise that fallback is
+/// silent, and only `$ktls_tx` would show it.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+unsafe fn report_ktls_refused(c: *mut ngx_connection_t) {
+    if REFUSED_REPORTED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        log_error!(
+            NGX_LOG_NOTICE,
+            (*c).log,
+            "ktls: OpenSSL did not enable kernel TLS for {} although \"ssl_conf_command \
+             Options KTLS\" is set (kTLS takes AES-GCM, and ChaCha20-Poly1305 on Linux \
+             5.11+, without max_fragment_length or record padding); $ktls_tx shows which \
+             connections use it; reported once per worker",
+            ssl::describe((*(*c).ssl).connection)
         );
     }
 }

@@ -3,6 +3,7 @@
 //! send paths: negotiated as asked, every body byte-exact.
 
 use nginx_ktls_tests::body::{assert_body, pseudo_random};
+use nginx_ktls_tests::config::{expect_kernel, module_loaded};
 use nginx_ktls_tests::h1::H1;
 use nginx_ktls_tests::kernel::TlsStat;
 use nginx_ktls_tests::logs::{assert_send_path, Ktls, Sent};
@@ -59,5 +60,44 @@ fn every_ktls_cipher() {
         }
     }
     stat.assert_tx_used("every_ktls_cipher");
+    srv.finish();
+}
+
+/// A suite the kernel cannot take (AES-CBC): OpenSSL silently stays in userspace. The body is
+/// still exact, `$ktls_tx` says "0", and under a kTLS kernel the module tells the operator,
+/// once per worker, at notice level.
+#[test]
+fn cipher_without_ktls_is_reported() {
+    let cipher = "ECDHE-RSA-AES128-SHA";
+    let body = pseudo_random(80, 100_000);
+    let srv = Setup::new("cbc")
+        .server(&format!(
+            "ssl_ciphers {cipher}:ECDHE-RSA-AES128-GCM-SHA256;"
+        ))
+        .http("error_log logs/notice.log notice;")
+        .file("f", body.clone())
+        .start();
+    for n in 0..2 {
+        let opts = ClientOpts::new(TlsVersion::Tls12).cipher(cipher);
+        let mut c = H1::new(TlsConn::connect(srv.port(Ktls::On), &opts).expect("connect"));
+        let uri = format!("/f?n={n}");
+        let r = c.get(&uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
+        assert_eq!(r.status, 200, "{uri}");
+        assert_body(&uri, &body, &r.body);
+        let e = srv.entry(&uri);
+        assert_eq!(e.ssl_cipher, cipher, "{uri}");
+        if module_loaded() {
+            assert_eq!(e.ktls_tx.as_deref(), Some("0"), "{uri}: $ktls_tx");
+        }
+    }
+    let notices = std::fs::read_to_string(srv.prefix().join("logs/notice.log")).unwrap_or_default();
+    let reported = notices
+        .lines()
+        .filter(|l| {
+            l.contains("ktls: OpenSSL did not enable kernel TLS for TLSv1.2/ECDHE-RSA-AES128-SHA")
+        })
+        .count();
+    let expected = usize::from(expect_kernel() && module_loaded());
+    assert_eq!(reported, expected, "reports in notice.log:\n{notices}");
     srv.finish();
 }
