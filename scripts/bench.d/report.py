@@ -98,6 +98,7 @@ class Results:
         self.tls_seen = collections.Counter()
         self.syscall_mix = collections.defaultdict(lambda: collections.defaultdict(list))
         self.counting_requests = {}
+        self.unparsed_streams = collections.Counter()
         # (env, setup) -> what a connection without requests costs
         self.connection = {}
         for env, setup, version, syscalls, counters in read_tsv(
@@ -146,6 +147,7 @@ class Results:
             key = (workload, setup)
             self.env_of[setup] = env
             relay = dict(item.split("=") for item in counters.split())
+            self.unparsed_streams[setup] += int(relay["bad"])
             responses = int(data) / self.body_size(env, setup, workload)
             responses_of[(setup, workload, rep)] = responses
             counted = self.counting_requests.setdefault(env, {})
@@ -230,7 +232,10 @@ def markdown(results):
         "fixed number of requests, and are net of what one connection costs without any "
         "request (handshake, session tickets, accept, close: see Connection setup below). "
         "Guest setups run under User-Mode Linux with 1 CPU and generic-C kernel crypto: "
-        "compare them only with each other, never with the host rows.",
+        "compare them only with each other, never with the host rows. Timing figures vary a "
+        "lot from pass to pass (the machine is shared, the guest has one CPU): trust a timing "
+        "ratio only where the min..max ranges do not overlap; the counts are the solid "
+        "figures.",
         "",
         "## Figures",
         "",
@@ -257,8 +262,8 @@ def markdown(results):
     worse = []
     for key in results.keys():
         workload, setup = key
-        if setup not in BASELINE:
-            continue
+        if setup not in BASELINE or (workload, BASELINE[setup]) not in results.samples:
+            continue  # no baseline in this run (--setups)
         cells = []
         for metric, title, _unit, higher_better in METRICS:
             ratio = results.ratio(key, metric)
@@ -326,6 +331,10 @@ def markdown(results):
         values = results.ktls_sockets[setup]
         lines.append(f"- {setup}: kTLS TX sockets per timing pass (TlsTxSw delta): "
                      f"{min(values)}..{max(values)}")
+    for setup, count in sorted(results.unparsed_streams.items()):
+        if count:
+            lines.append(f"- RECORD COUNTS INVALID for {setup}: {count} connections whose "
+                         "server stream did not parse as TLS records")
     failed = {k: v for k, v in results.failures.items() if v}
     if failed:
         for (workload, setup), count in sorted(failed.items()):
