@@ -80,6 +80,11 @@ def fmt(value):
     return f"{value:.3f}"
 
 
+def whole(value):
+    """A count that may be a median of two (x.5)."""
+    return str(int(value)) if float(value).is_integer() else fmt(value)
+
+
 def order_key(order, name):
     return (order.index(name), name) if name in order else (len(order), name)
 
@@ -99,14 +104,22 @@ class Results:
         self.syscall_mix = collections.defaultdict(lambda: collections.defaultdict(list))
         self.counting_requests = {}
         self.unparsed_streams = collections.Counter()
-        # (env, setup) -> what a connection without requests costs
-        self.connection = {}
+        # (env, setup) -> what a connection without requests costs: the
+        # median of the measurements (timer calls vary by a few).
+        measured = collections.defaultdict(lambda: collections.defaultdict(list))
         for env, setup, version, syscalls, counters in read_tsv(
                 os.path.join(raw_dir, "*-connection.tsv")):
             relay = dict(item.split("=") for item in counters.split())
-            self.connection[(env, setup)] = {
-                "version": version, "syscalls": int(syscalls),
-                "records": int(relay["appdata"]), "small_records": int(relay["appdata_small"])}
+            costs = measured[(env, setup)]
+            costs["version"] = version
+            costs["syscalls"].append(int(syscalls))
+            costs["records"].append(int(relay["appdata"]))
+            costs["small_records"].append(int(relay["appdata_small"]))
+        self.connection = {
+            key: {"version": costs.pop("version"), "runs": len(costs["syscalls"]),
+                  "range": f"{min(costs['syscalls'])}..{max(costs['syscalls'])}",
+                  **{metric: statistics.median(values) for metric, values in costs.items()}}
+            for key, costs in measured.items()}
         self.read_timing(os.path.join(raw_dir, "*-timing.tsv"))
         self.read_counts(os.path.join(raw_dir, "*-counts.tsv"),
                          os.path.join(raw_dir, "*-syscalls.tsv"))
@@ -311,13 +324,16 @@ def markdown(results):
         "",
         "## Connection setup (one TLS connection, no request; subtracted above)",
         "",
+        "Median of the measurements (system calls: min..max).",
+        "",
         "| setup | protocol | TLS records | of them < 1 KiB | system calls |",
         "|---|---|---|---|---|",
     ]
     for (env, setup), cost in sorted(results.connection.items(),
                                      key=lambda item: order_key(SETUP_ORDER, item[0][1])):
-        lines.append(f"| {setup} | {cost['version']} | {cost['records']} | "
-                     f"{cost['small_records']} | {cost['syscalls']} |")
+        lines.append(f"| {setup} | {cost['version']} | {whole(cost['records'])} | "
+                     f"{whole(cost['small_records'])} | {whole(cost['syscalls'])} "
+                     f"[{cost['range']}] |")
 
     lines += ["", "## Checks", ""]
     for env in sorted(set(results.env_of.values())):
