@@ -4,19 +4,126 @@ use core::ffi::{c_char, CStr};
 
 use nginx_sys::{
     ngx_buf_t, ngx_chain_coalesce_file, ngx_chain_t, ngx_chain_update_sent, ngx_connection_t,
-    ngx_read_file, NGX_LOG_ALERT,
+    ngx_errno, ngx_file_t, NGX_LOG_ALERT, NGX_LOG_CRIT,
 };
 
 use crate::plan::{Chain, Fatal, Head, Io, Kind, Transport};
 use crate::ssl;
 
+/// How many file parts may wait to be read; 16k of buffer holds at most a
+/// few HTTP/2 frames, so more than this is a chain of tiny file buffers.
+const MAX_PARTS: usize = 16;
+
+/// A part of a file waiting to be read into the TLS buffer at `at`.
+#[derive(Clone, Copy)]
+struct Part {
+    file: *mut ngx_file_t,
+    offset: i64,
+    at: usize,
+    len: usize,
+}
+
+impl Part {
+    const NONE: Part = Part {
+        file: core::ptr::null_mut(),
+        offset: 0,
+        at: 0,
+        len: 0,
+    };
+
+    /// Whether this part comes right after `prev` in the same file.
+    fn follows(&self, prev: &Part) -> bool {
+        // SAFETY: queued parts point at open files.
+        unsafe {
+            (*self.file).fd == (*prev.file).fd && self.offset == prev.offset + prev.len as i64
+        }
+    }
+}
+
+/// Reads a run of parts that follow each other in one file with one
+/// `preadv()`; a short read (the file shrank) is logged at alert, as the
+/// copy filter logs it, and a failed one at crit, as `ngx_read_file()` does.
+///
+/// # Safety
+/// The parts' files must be open and every part must lie inside `mem`.
+unsafe fn read_run(c: *mut ngx_connection_t, run: &[Part], mem: &mut [u8]) -> Result<(), Fatal> {
+    let mut iov = [libc::iovec {
+        iov_base: core::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_PARTS];
+    for (v, part) in iov.iter_mut().zip(run) {
+        v.iov_base = mem[part.at..part.at + part.len].as_mut_ptr().cast();
+        v.iov_len = part.len;
+    }
+    let total: usize = run.iter().map(|p| p.len).sum();
+    let file = run[0].file;
+    // SAFETY: the iovecs point into mem; the file is open.
+    unsafe {
+        let name = || CStr::from_ptr((*file).name.data as *const c_char).to_string_lossy();
+        let n = loop {
+            let n = libc::preadv(
+                (*file).fd,
+                iov.as_ptr(),
+                run.len() as libc::c_int,
+                run[0].offset,
+            );
+            if n >= 0 || ngx_errno() != libc::EINTR {
+                break n;
+            }
+        };
+        debug!(
+            (*c).log,
+            "preadv: {}, @{} {} in {} parts",
+            n,
+            run[0].offset,
+            total,
+            run.len()
+        );
+        if n < 0 {
+            let err = ngx_errno();
+            log_error!(
+                NGX_LOG_CRIT,
+                (*c).log,
+                "preadv() \"{}\" failed ({})",
+                name(),
+                err
+            );
+            return Err(Fatal);
+        }
+        if n as usize != total {
+            log_error!(
+                NGX_LOG_ALERT,
+                (*c).log,
+                "preadv() read only {} of {} from \"{}\"",
+                n,
+                total,
+                name()
+            );
+            return Err(Fatal);
+        }
+    }
+    Ok(())
+}
+
 /// An `ngx_chain_t` being sent on connection `c`.
 pub struct NgxChain {
     pub head: *mut ngx_chain_t,
     pub c: *mut ngx_connection_t,
+    /// File parts waiting for finish_reads().
+    parts: [Part; MAX_PARTS],
+    nparts: usize,
 }
 
 impl NgxChain {
+    pub fn new(head: *mut ngx_chain_t, c: *mut ngx_connection_t) -> Self {
+        NgxChain {
+            head,
+            c,
+            parts: [Part::NONE; MAX_PARTS],
+            nparts: 0,
+        }
+    }
+
     /// The head buffer.
     ///
     /// # Safety
@@ -83,35 +190,46 @@ impl Chain for NgxChain {
         self.next_if_done(done);
     }
 
-    fn read_file(&mut self, dst: &mut [u8]) -> Result<(), Fatal> {
-        // SAFETY: the head is a file buffer whose file stays open while it
-        // is in the chain; dst is valid for dst.len() bytes.
+    fn read_file(&mut self, mem: &mut [u8], at: usize, len: usize) -> Result<(), Fatal> {
+        if self.nparts == MAX_PARTS {
+            self.finish_reads(mem)?;
+        }
+        // SAFETY: the head is a file buffer whose file stays open while the
+        // chain is being sent, which outlasts finish_reads().
         let done = unsafe {
             let b = &mut *self.buf();
-            debug!((*self.c).log, "SSL buf read: @{} {}", b.file_pos, dst.len());
-            if !dst.is_empty() {
-                let n = ngx_read_file(b.file, dst.as_mut_ptr(), dst.len(), b.file_pos);
-                if n != dst.len() as isize {
-                    if n >= 0 {
-                        // The error the copy filter logs for the same fault.
-                        let name = CStr::from_ptr((*b.file).name.data as *const c_char);
-                        log_error!(
-                            NGX_LOG_ALERT,
-                            (*self.c).log,
-                            "pread() read only {} of {} from \"{}\"",
-                            n,
-                            dst.len(),
-                            name.to_string_lossy()
-                        );
-                    }
-                    // A failed pread() was logged by ngx_read_file().
-                    return Err(Fatal);
-                }
+            debug!((*self.c).log, "SSL buf read: @{} {}", b.file_pos, len);
+            if len > 0 {
+                self.parts[self.nparts] = Part {
+                    file: b.file,
+                    offset: b.file_pos,
+                    at,
+                    len,
+                };
+                self.nparts += 1;
             }
-            b.file_pos += dst.len() as i64;
+            b.file_pos += len as i64;
             b.file_pos == b.file_last
         };
         self.next_if_done(done);
+        Ok(())
+    }
+
+    fn finish_reads(&mut self, mem: &mut [u8]) -> Result<(), Fatal> {
+        let parts = &self.parts[..self.nparts];
+        self.nparts = 0;
+        let mut first = 0;
+        while first < parts.len() {
+            // A run of parts that follow each other in one file: one preadv().
+            let mut end = first + 1;
+            while end < parts.len() && parts[end].follows(&parts[end - 1]) {
+                end += 1;
+            }
+            // SAFETY: the parts lie inside mem (the plan checked the room),
+            // and their files are open while the chain is being sent.
+            unsafe { read_run(self.c, &parts[first..end], mem)? };
+            first = end;
+        }
         Ok(())
     }
 

@@ -55,10 +55,14 @@ pub trait Chain {
     /// Copies the head's memory bytes into `dst` (at most `dst.len()`), and
     /// advances past them.
     fn copy_memory(&mut self, dst: &mut [u8]);
-    /// Reads the head's file bytes into `dst` (exactly `dst.len()`), and
-    /// advances past them.  A short read means the file shrank: the
-    /// implementation logs why and the connection is closed.
-    fn read_file(&mut self, dst: &mut [u8]) -> Result<(), Fatal>;
+    /// Reads the head's next `len` file bytes into `mem[at..at + len]` and
+    /// advances past them.  The read may wait for [`Chain::finish_reads`],
+    /// so that neighbouring parts of a file become one system call.
+    fn read_file(&mut self, mem: &mut [u8], at: usize, len: usize) -> Result<(), Fatal>;
+    /// Completes every read that [`Chain::read_file`] left waiting.  A short
+    /// read means the file shrank: the implementation logs why and the
+    /// connection is closed.
+    fn finish_reads(&mut self, mem: &mut [u8]) -> Result<(), Fatal>;
     /// How many bytes the run of neighbouring file buffers starting at the
     /// head holds, at most `max` (`ngx_chain_coalesce_file()`).
     fn file_run(&self, max: u64) -> u64;
@@ -175,13 +179,15 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
                 // Without kTLS now, or a run too short for a sendfile of
                 // its own: read into the buffer.
                 Kind::File { in_memory: false } => {
-                    chain.read_file(&mut buf.mem[last..last + size])?;
+                    chain.read_file(buf.mem, last, size)?;
                 }
             }
 
             buf.last += size;
             send += size as u64;
         }
+
+        chain.finish_reads(buf.mem)?;
 
         if !flush && send < limit && buf.free() > 0 {
             break;

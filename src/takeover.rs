@@ -194,7 +194,7 @@ unsafe extern "C" fn send_chain(
             last: (*b).last.offset_from(start) as usize,
             flush: (*b).flush() != 0,
         };
-        let mut chain = NgxChain { head: in_, c };
+        let mut chain = NgxChain::new(in_, c);
         let limit = plan::effective_limit(limit, ngx_pagesize as u64);
 
         let sendfile_min = state::get((*ssl).connection).map_or(0, |s| s.sendfile_min);
