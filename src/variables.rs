@@ -43,11 +43,16 @@ pub unsafe fn add(cf: *mut ngx_conf_t) -> Result<(), Status> {
 
 /// Sets `v` to a string that outlives the request.
 fn set_static(v: &mut ngx_http_variable_value_t, value: &'static [u8]) {
-    v.set_len(value.len() as u32);
+    set_found(v, value.as_ptr().cast_mut(), value.len());
+}
+
+/// Sets `v` to the `len` bytes at `data`, which outlive the request.
+fn set_found(v: &mut ngx_http_variable_value_t, data: *mut u8, len: usize) {
+    v.set_len(len as u32);
     v.set_valid(1);
     v.set_no_cacheable(0);
     v.set_not_found(0);
-    v.data = value.as_ptr().cast_mut();
+    v.data = data;
 }
 
 /// "1" or "0" from whether the request's TLS connection has kTLS in the
@@ -118,11 +123,7 @@ unsafe extern "C" fn ktls_sendfile_bytes(
             return Status::NGX_ERROR.into();
         }
         core::ptr::copy_nonoverlapping(text.bytes.as_ptr(), data, len);
-        v.set_len(len as u32);
-        v.set_valid(1);
-        v.set_no_cacheable(0);
-        v.set_not_found(0);
-        v.data = data;
+        set_found(v, data, len);
     }
     Status::NGX_OK.into()
 }

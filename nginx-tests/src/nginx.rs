@@ -118,9 +118,8 @@ impl Setup {
         )
     }
 
-    /// Writes the work dir (cert, files, config) and starts nginx; retries with other ports if
-    /// one was taken between choosing and binding it (tests run in parallel).
-    pub fn start(self) -> Nginx {
+    /// A fresh work dir with nginx's directories and the certificate.
+    fn work_dir(&self) -> WorkDir {
         let dir = WorkDir::new(&self.name);
         for rel in ["logs", "tmp", "html"] {
             dir.subdir(rel);
@@ -128,6 +127,13 @@ impl Setup {
         let c = cert::localhost();
         dir.write("cert.pem", &c.cert);
         dir.write("key.pem", &c.key);
+        dir
+    }
+
+    /// Writes the work dir (cert, files, config) and starts nginx; retries with other ports if
+    /// one was taken between choosing and binding it (tests run in parallel).
+    pub fn start(self) -> Nginx {
+        let dir = self.work_dir();
         for (rel, content) in &self.files {
             if let Some(parent) = Path::new(rel)
                 .parent()
@@ -158,13 +164,7 @@ impl Setup {
 
     /// Writes the config to a fresh work dir and runs `nginx -t` on it.
     pub fn config_test(self) -> ConfigTest {
-        let dir = WorkDir::new(&self.name);
-        for rel in ["logs", "tmp", "html"] {
-            dir.subdir(rel);
-        }
-        let c = cert::localhost();
-        dir.write("cert.pem", &c.cert);
-        dir.write("key.pem", &c.key);
+        let dir = self.work_dir();
         let text = self.render(dir.path(), [free_port(), free_port()]);
         config_test(&binaries().nginx, dir, &text)
     }
