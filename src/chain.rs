@@ -1,115 +1,23 @@
 //! The send-chain algorithm's view of an nginx chain and TLS connection.
 
-use core::ffi::{c_char, CStr};
-
 use nginx_sys::{
     ngx_buf_t, ngx_chain_coalesce_file, ngx_chain_t, ngx_chain_update_sent, ngx_connection_t,
-    ngx_errno, ngx_file_t, NGX_LOG_ALERT, NGX_LOG_CRIT,
+    ngx_file_t,
 };
 
-use crate::plan::{Chain, Fatal, Head, Io, Kind, Transport};
+use crate::plan::{Chain, Collected, Fatal, Head, Io, Kind, Read, Transport};
+use crate::pread::{self, Part, MAX_PARTS};
 use crate::ssl;
-
-/// How many file parts may wait to be read; 16k of buffer holds at most a
-/// few HTTP/2 frames, so more than this is a chain of tiny file buffers.
-const MAX_PARTS: usize = 16;
-
-/// A part of a file waiting to be read into the TLS buffer at `at`.
-#[derive(Clone, Copy)]
-struct Part {
-    file: *mut ngx_file_t,
-    offset: i64,
-    at: usize,
-    len: usize,
-}
-
-impl Part {
-    const NONE: Part = Part {
-        file: core::ptr::null_mut(),
-        offset: 0,
-        at: 0,
-        len: 0,
-    };
-
-    /// Whether this part comes right after `prev` in the same file.
-    fn follows(&self, prev: &Part) -> bool {
-        // SAFETY: queued parts point at open files.
-        unsafe {
-            (*self.file).fd == (*prev.file).fd && self.offset == prev.offset + prev.len as i64
-        }
-    }
-}
-
-/// Reads a run of parts that follow each other in one file with one
-/// `preadv()`; a short read (the file shrank) is logged at alert, as the
-/// copy filter logs it, and a failed one at crit, as `ngx_read_file()` does.
-///
-/// # Safety
-/// The parts' files must be open and every part must lie inside `mem`.
-unsafe fn read_run(c: *mut ngx_connection_t, run: &[Part], mem: &mut [u8]) -> Result<(), Fatal> {
-    let mut iov = [libc::iovec {
-        iov_base: core::ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_PARTS];
-    for (v, part) in iov.iter_mut().zip(run) {
-        v.iov_base = mem[part.at..part.at + part.len].as_mut_ptr().cast();
-        v.iov_len = part.len;
-    }
-    let total: usize = run.iter().map(|p| p.len).sum();
-    let file = run[0].file;
-    // SAFETY: the iovecs point into mem; the file is open.
-    unsafe {
-        let name = || CStr::from_ptr((*file).name.data as *const c_char).to_string_lossy();
-        let n = loop {
-            let n = libc::preadv(
-                (*file).fd,
-                iov.as_ptr(),
-                run.len() as libc::c_int,
-                run[0].offset,
-            );
-            if n >= 0 || ngx_errno() != libc::EINTR {
-                break n;
-            }
-        };
-        debug!(
-            (*c).log,
-            "preadv: {}, @{} {} in {} parts",
-            n,
-            run[0].offset,
-            total,
-            run.len()
-        );
-        if n < 0 {
-            let err = ngx_errno();
-            log_error!(
-                NGX_LOG_CRIT,
-                (*c).log,
-                "preadv() \"{}\" failed ({})",
-                name(),
-                err
-            );
-            return Err(Fatal);
-        }
-        if n as usize != total {
-            log_error!(
-                NGX_LOG_ALERT,
-                (*c).log,
-                "preadv() read only {} of {} from \"{}\"",
-                n,
-                total,
-                name()
-            );
-            return Err(Fatal);
-        }
-    }
-    Ok(())
-}
+#[cfg(ngx_feature = "threads")]
+use crate::thread;
 
 /// An `ngx_chain_t` being sent on connection `c`.
 pub struct NgxChain {
     pub head: *mut ngx_chain_t,
     pub c: *mut ngx_connection_t,
-    /// File parts waiting for finish_reads().
+    /// File parts waiting for finish_reads(), all of `file`: a batch is one
+    /// file, so that a thread reading it holds only that file's request.
+    file: *mut ngx_file_t,
     parts: [Part; MAX_PARTS],
     nparts: usize,
 }
@@ -119,7 +27,8 @@ impl NgxChain {
         NgxChain {
             head,
             c,
-            parts: [Part::NONE; MAX_PARTS],
+            file: core::ptr::null_mut(),
+            parts: [Part::default(); MAX_PARTS],
             nparts: 0,
         }
     }
@@ -190,18 +99,21 @@ impl Chain for NgxChain {
         self.next_if_done(done);
     }
 
-    fn read_file(&mut self, mem: &mut [u8], at: usize, len: usize) -> Result<(), Fatal> {
-        if self.nparts == MAX_PARTS {
-            self.finish_reads(mem)?;
-        }
+    fn read_file(&mut self, mem: &mut [u8], at: usize, len: usize) -> Result<Read, Fatal> {
         // SAFETY: the head is a file buffer whose file stays open while the
         // chain is being sent, which outlasts finish_reads().
+        let file = unsafe { (*self.buf()).file };
+        let batch_ends = self.nparts == MAX_PARTS || (self.nparts > 0 && file != self.file);
+        if batch_ends && self.finish_reads(mem)? == Read::Offloaded {
+            return Ok(Read::Offloaded);
+        }
+        // SAFETY: as above.
         let done = unsafe {
             let b = &mut *self.buf();
             debug!((*self.c).log, "SSL buf read: @{} {}", b.file_pos, len);
             if len > 0 {
+                self.file = file;
                 self.parts[self.nparts] = Part {
-                    file: b.file,
                     offset: b.file_pos,
                     at,
                     len,
@@ -212,25 +124,27 @@ impl Chain for NgxChain {
             b.file_pos == b.file_last
         };
         self.next_if_done(done);
-        Ok(())
+        Ok(Read::Done)
     }
 
-    fn finish_reads(&mut self, mem: &mut [u8]) -> Result<(), Fatal> {
+    fn finish_reads(&mut self, mem: &mut [u8]) -> Result<Read, Fatal> {
         let parts = &self.parts[..self.nparts];
         self.nparts = 0;
-        let mut first = 0;
-        while first < parts.len() {
-            // A run of parts that follow each other in one file: one preadv().
-            let mut end = first + 1;
-            while end < parts.len() && parts[end].follows(&parts[end - 1]) {
-                end += 1;
-            }
-            // SAFETY: the parts lie inside mem (the plan checked the room),
-            // and their files are open while the chain is being sent.
-            unsafe { read_run(self.c, &parts[first..end], mem)? };
-            first = end;
+        if parts.is_empty() {
+            return Ok(Read::Done);
         }
-        Ok(())
+        let base = mem.as_mut_ptr();
+        // SAFETY: the parts lie inside mem (the plan checked the room), and
+        // the file is open while the chain is being sent.
+        unsafe {
+            #[cfg(ngx_feature = "threads")]
+            if thread::offloads(self.file) {
+                return thread::read(self.c, self.file, base, parts);
+            }
+            let outcome = pread::read_parts((*self.file).fd, base, parts, 0);
+            pread::report(self.c, self.file, parts, outcome)?;
+        }
+        Ok(Read::Done)
     }
 
     fn file_run(&self, max: u64) -> u64 {
@@ -251,6 +165,29 @@ pub struct Tls {
 }
 
 impl Transport<NgxChain> for Tls {
+    #[cfg(ngx_feature = "threads")]
+    fn busy(&mut self) -> Result<bool, Fatal> {
+        // SAFETY: the connection is a live TLS connection while its send
+        // chain runs.
+        unsafe { thread::busy(self.c) }
+    }
+
+    #[cfg(not(ngx_feature = "threads"))]
+    fn busy(&mut self) -> Result<bool, Fatal> {
+        Ok(false)
+    }
+
+    #[cfg(ngx_feature = "threads")]
+    fn collect(&mut self, chain: &NgxChain) -> Result<Collected, Fatal> {
+        // SAFETY: as above; a posted sendfile's buffer is still the head.
+        unsafe { thread::collect(self.c, chain.head) }
+    }
+
+    #[cfg(not(ngx_feature = "threads"))]
+    fn collect(&mut self, _chain: &NgxChain) -> Result<Collected, Fatal> {
+        Ok(Collected::Nothing)
+    }
+
     fn kernel_allowed(&mut self) -> bool {
         // SAFETY: the connection is a live TLS connection while its send
         // chain runs.
@@ -269,6 +206,13 @@ impl Transport<NgxChain> for Tls {
 
     fn sendfile(&mut self, chain: &NgxChain, len: usize) -> Result<Io, Fatal> {
         // SAFETY: as above; the head is a file buffer.
-        unsafe { ssl::sendfile(self.c, (*chain.head).buf, len) }
+        unsafe {
+            let b = (*chain.head).buf;
+            #[cfg(ngx_feature = "threads")]
+            if thread::offloads((*b).file) {
+                return thread::sendfile(self.c, b, len);
+            }
+            ssl::sendfile(self.c, b, len)
+        }
     }
 }

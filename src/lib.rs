@@ -25,11 +25,15 @@ mod kernel;
 #[cfg(not(test))]
 mod module;
 #[cfg(not(test))]
+mod pread;
+#[cfg(not(test))]
 mod ssl;
 #[cfg(not(test))]
 mod state;
 #[cfg(not(test))]
 mod takeover;
+#[cfg(all(not(test), ngx_feature = "threads"))]
+mod thread;
 #[cfg(not(test))]
 mod variables;
 

@@ -20,6 +20,12 @@
 //!   the buffer rather than sent with `SSL_sendfile()`: every `sendfile()`
 //!   ends a TLS record, so HTTP/2's 8k DATA frames would otherwise each make
 //!   their own records, where the buffer packs them into full 16k records.
+//! - With `aio threads`, a sendfile or a read into the buffer may go to a
+//!   thread of nginx's pool ([`Io::Offloaded`], [`Read::Offloaded`]).  Until
+//!   it is done ([`Transport::busy`]) nothing is written and the buffer is
+//!   not touched; a sendfile's result is counted first thing afterwards
+//!   ([`Transport::collect`]), as nginx's `ngx_linux_sendfile_thread()`
+//!   counts it.
 //!
 //! The nginx side implements [`Chain`] over `ngx_chain_t` and [`Transport`]
 //! over the SSL connection; unit tests implement both over plain vectors.
@@ -57,12 +63,15 @@ pub trait Chain {
     fn copy_memory(&mut self, dst: &mut [u8]);
     /// Reads the head's next `len` file bytes into `mem[at..at + len]` and
     /// advances past them.  The read may wait for [`Chain::finish_reads`],
-    /// so that neighbouring parts of a file become one system call.
-    fn read_file(&mut self, mem: &mut [u8], at: usize, len: usize) -> Result<(), Fatal>;
-    /// Completes every read that [`Chain::read_file`] left waiting.  A short
-    /// read means the file shrank: the implementation logs why and the
-    /// connection is closed.
-    fn finish_reads(&mut self, mem: &mut [u8]) -> Result<(), Fatal>;
+    /// so that neighbouring parts of a file become one system call.  When the
+    /// reads waiting before this one had to be finished first and went to a
+    /// thread, the answer is [`Read::Offloaded`] and the head is left as it
+    /// was.
+    fn read_file(&mut self, mem: &mut [u8], at: usize, len: usize) -> Result<Read, Fatal>;
+    /// Completes every read that [`Chain::read_file`] left waiting, or hands
+    /// them to a thread ([`Read::Offloaded`]).  A short read means the file
+    /// shrank: the implementation logs why and the connection is closed.
+    fn finish_reads(&mut self, mem: &mut [u8]) -> Result<Read, Fatal>;
     /// How many bytes the run of neighbouring file buffers starting at the
     /// head holds, at most `max` (`ngx_chain_coalesce_file()`).
     fn file_run(&self, max: u64) -> u64;
@@ -77,6 +86,32 @@ pub enum Io {
     Sent(usize),
     /// Nothing was accepted; wait for the event that OpenSSL asked for.
     Again,
+    /// A thread of nginx's pool sends it; its result comes from
+    /// [`Transport::collect`] once [`Transport::busy`] is over.  Only
+    /// [`Transport::sendfile`] answers this.
+    Offloaded,
+}
+
+/// Outcome of reading file bytes into the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The bytes are in the buffer, or queued to be read by
+    /// [`Chain::finish_reads`] in this call.
+    Done,
+    /// A thread of nginx's pool reads them: the buffer may not be written
+    /// until [`Transport::busy`] is over.
+    Offloaded,
+}
+
+/// What a thread's sendfile left to count, from [`Transport::collect`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Collected {
+    /// No sendfile result is waiting.
+    Nothing,
+    /// That many bytes of the chain's head went out.
+    Sent(u64),
+    /// The socket was full: wait until it is writable.
+    Again,
 }
 
 /// The connection failed; the implementation has logged why.
@@ -85,6 +120,12 @@ pub struct Fatal;
 
 /// The TLS connection that the bytes go to.
 pub trait Transport<C: Chain> {
+    /// Whether a thread still works for the connection (a sendfile, or a
+    /// read into the buffer): nothing may be written meanwhile.
+    fn busy(&mut self) -> Result<bool, Fatal>;
+    /// The result of the sendfile a thread finished, if it has not been
+    /// counted yet; it is about the chain's head as it was when posted.
+    fn collect(&mut self, chain: &C) -> Result<Collected, Fatal>;
     /// Whether the kernel may be written to directly now (with
     /// [`Transport::write_kernel`] and [`Transport::sendfile`]): kTLS is on
     /// for sending and OpenSSL has nothing of its own still to write.
@@ -96,7 +137,7 @@ pub trait Transport<C: Chain> {
     /// follows when `more` is set (`MSG_MORE`).
     fn write_kernel(&mut self, data: &[u8], more: bool) -> Result<Io, Fatal>;
     /// Sends `len` bytes of the file run at the chain's head with
-    /// `SSL_sendfile()`.
+    /// `SSL_sendfile()`, or posts that to a thread ([`Io::Offloaded`]).
     fn sendfile(&mut self, chain: &C, len: usize) -> Result<Io, Fatal>;
 }
 
@@ -143,7 +184,22 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
     limit: u64,
     sendfile_min: u64,
 ) -> Result<bool, Fatal> {
+    if io.busy()? {
+        return Ok(buf.pending() > 0);
+    }
+
     let mut send = buf.pending() as u64;
+
+    // A thread's sendfile went out before anything that follows now.
+    match io.collect(chain)? {
+        Collected::Nothing => {}
+        Collected::Sent(n) => {
+            chain.consume(n);
+            send += n;
+        }
+        Collected::Again => return Ok(buf.pending() > 0),
+    }
+
     let mut flush = chain.head().is_none() || buf.flush;
 
     loop {
@@ -151,6 +207,7 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
         // handshake and so allow it; nothing in here takes it back.
         let kernel = io.kernel_allowed();
         let mut sendfile_next = false;
+        let mut reads = Read::Done;
 
         while buf.free() > 0 && send < limit {
             let Some(head) = chain.head() else { break };
@@ -179,7 +236,10 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
                 // Without kTLS now, or a run too short for a sendfile of
                 // its own: read into the buffer.
                 Kind::File { in_memory: false } => {
-                    chain.read_file(buf.mem, last, size)?;
+                    reads = chain.read_file(buf.mem, last, size)?;
+                    if reads == Read::Offloaded {
+                        break;
+                    }
                 }
             }
 
@@ -187,7 +247,14 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
             send += size as u64;
         }
 
-        chain.finish_reads(buf.mem)?;
+        if reads == Read::Done {
+            reads = chain.finish_reads(buf.mem)?;
+        }
+        if reads == Read::Offloaded {
+            // The buffer is written once the thread has filled it.
+            buf.flush = flush;
+            return Ok(true);
+        }
 
         if !flush && send < limit && buf.free() > 0 {
             break;
@@ -207,7 +274,7 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
                         flush = false;
                         continue;
                     }
-                    Io::Again => break,
+                    Io::Again | Io::Offloaded => break,
                 }
             }
 
@@ -223,7 +290,7 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
         };
         let n = match written {
             Io::Sent(n) => n,
-            Io::Again => break,
+            Io::Again | Io::Offloaded => break,
         };
 
         buf.pos += n;

@@ -315,7 +315,7 @@ unsafe fn wait_writable(c: *mut ngx_connection_t) -> Result<Io, Fatal> {
 ///
 /// # Safety
 /// `c` must be a live TLS connection.
-unsafe fn fail(c: *mut ngx_connection_t, sslerr: u32, err: i32, text: &CStr) -> Fatal {
+pub unsafe fn fail(c: *mut ngx_connection_t, sslerr: u32, err: i32, text: &CStr) -> Fatal {
     // SAFETY: as for restore_read_handler().
     unsafe {
         let ssl = (*c).ssl;
@@ -474,7 +474,7 @@ pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) ->
 ///
 /// # Safety
 /// `c` must be a live connection.
-unsafe fn push_pending_frames(c: *mut ngx_connection_t) {
+pub unsafe fn push_pending_frames(c: *mut ngx_connection_t) {
     // SAFETY: c is a live connection with a socket.
     unsafe {
         if ngx_tcp_push((*c).fd) == -1 {
@@ -509,23 +509,11 @@ pub unsafe fn sendfile(
         debug!((*c).log, "SSL_sendfile: {}", n);
 
         if n > 0 {
-            restore_read_handler(c)?;
-            (*c).sent += n as i64;
-            state::add_sendfile_bytes(ssl_of(c), n as u64);
-            return Ok(Io::Sent(n as usize));
+            return sendfile_sent(c, n as usize);
         }
 
         if n == 0 {
-            // sendfile() returns 0 at end of file: someone truncated it.
-            let name = CStr::from_ptr((*(*file).file).name.data as *const c_char);
-            log_error!(
-                NGX_LOG_ALERT,
-                (*c).log,
-                "SSL_sendfile() reported that \"{}\" was truncated at {}",
-                name.to_string_lossy(),
-                pos
-            );
-            return Err(Fatal);
+            return Err(sendfile_truncated(c, file));
         }
 
         let (sslerr, err) = write_error(c, n as c_int, Call::Sendfile);
@@ -542,4 +530,38 @@ pub unsafe fn sendfile(
             _ => Err(fail(c, sslerr, err, c"SSL_sendfile() failed")),
         }
     }
+}
+
+/// Counts bytes a sendfile sent on the connection.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+pub unsafe fn sendfile_sent(c: *mut ngx_connection_t, n: usize) -> Result<Io, Fatal> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        restore_read_handler(c)?;
+        (*c).sent += n as i64;
+        state::add_sendfile_bytes(ssl_of(c), n as u64);
+    }
+    Ok(Io::Sent(n))
+}
+
+/// A sendfile that sent nothing from `file`'s position: the file was
+/// truncated under it, as nginx reports that.
+///
+/// # Safety
+/// `c` must be a live connection and `file` a live buffer in a file.
+pub unsafe fn sendfile_truncated(c: *mut ngx_connection_t, file: *const ngx_buf_t) -> Fatal {
+    // SAFETY: forwarded from the caller; nginx's file names end in NUL.
+    unsafe {
+        let name = CStr::from_ptr((*(*file).file).name.data as *const c_char);
+        log_error!(
+            NGX_LOG_ALERT,
+            (*c).log,
+            "SSL_sendfile() reported that \"{}\" was truncated at {}",
+            name.to_string_lossy(),
+            (*file).file_pos
+        );
+    }
+    Fatal
 }

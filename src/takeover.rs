@@ -144,10 +144,17 @@ unsafe extern "C" fn send(c: *mut ngx_connection_t, buf: *mut u_char, size: usiz
     if size == 0 {
         return 0;
     }
+    #[cfg(ngx_feature = "threads")]
+    // SAFETY: nginx passes a live TLS connection.
+    match unsafe { crate::thread::busy(c) } {
+        Ok(false) => {}
+        Ok(true) => return NGX_AGAIN as isize,
+        Err(Fatal) => return NGX_ERROR as isize,
+    }
     // SAFETY: nginx passes a live TLS connection and size readable bytes.
     match unsafe { ssl::write(c, core::slice::from_raw_parts(buf, size)) } {
         Ok(Io::Sent(n)) => n as isize,
-        Ok(Io::Again) => NGX_AGAIN as isize,
+        Ok(Io::Again | Io::Offloaded) => NGX_AGAIN as isize,
         Err(Fatal) => NGX_ERROR as isize,
     }
 }

@@ -2,6 +2,8 @@
 //! that records what went out and how.
 
 use super::*;
+use std::cell::RefCell;
+use std::rc::Rc;
 
 #[derive(Clone, Debug)]
 enum Data {
@@ -20,15 +22,40 @@ struct FakeBuf {
 
 /// Reads waiting for `finish_reads`: file id, file offset, and the
 /// (buffer offset, bytes) parts.
-type Read = (u8, u64, Vec<(usize, Vec<u8>)>);
+type Queued = (u8, u64, Vec<(usize, Vec<u8>)>);
+
+/// A job in the fake thread pool.
+#[derive(Clone, Debug)]
+enum Job {
+    /// A sendfile of that many bytes from the chain's head.
+    Sendfile(usize),
+    /// Reads into the buffer.
+    Reads(Vec<Queued>),
+}
+
+/// nginx's thread pool as the plan sees it: one task per connection,
+/// shared by the chain (reads) and the transport (sendfile).
+#[derive(Default)]
+struct Pool {
+    /// Whether file I/O goes to the pool (`aio threads`).
+    on: bool,
+    /// The job posted and not finished yet.
+    running: Option<Job>,
+    /// A finished sendfile's result, not collected yet.
+    finished: Option<Collected>,
+    posted: usize,
+}
+
+type Threads = Rc<RefCell<Pool>>;
 
 struct FakeChain {
     bufs: Vec<FakeBuf>,
     /// A file that shrank under us: reads of it fail.
     truncated: Option<u8>,
-    reads: Vec<Read>,
+    reads: Vec<Queued>,
     /// System calls the reads took.
     read_calls: usize,
+    threads: Threads,
 }
 
 fn mem(bytes: &[u8]) -> FakeBuf {
@@ -82,7 +109,22 @@ impl FakeChain {
             truncated: None,
             reads: vec![],
             read_calls: 0,
+            threads: Threads::default(),
         }
+    }
+
+    /// Copies the parts of `reads` into `mem`, as the reads do.
+    fn perform(&mut self, reads: Vec<Queued>, mem: &mut [u8]) -> Result<(), Fatal> {
+        for (id, _, parts) in reads {
+            if self.truncated == Some(id) {
+                return Err(Fatal);
+            }
+            self.read_calls += 1;
+            for (at, data) in parts {
+                mem[at..at + data.len()].copy_from_slice(&data);
+            }
+        }
+        Ok(())
     }
 
     fn pop_if_done(&mut self) {
@@ -124,39 +166,49 @@ impl Chain for FakeChain {
         self.pop_if_done();
     }
 
-    fn read_file(&mut self, _mem: &mut [u8], at: usize, len: usize) -> Result<(), Fatal> {
-        let b = &mut self.bufs[0];
-        let Data::File(id, ref bytes, offset) = b.data else {
+    fn read_file(&mut self, mem: &mut [u8], at: usize, len: usize) -> Result<Read, Fatal> {
+        let Data::File(id, _, _) = self.bufs[0].data else {
             panic!("read from a non-file buffer")
+        };
+        // A batch of reads is one file.
+        if self.reads.last().is_some_and(|r| r.0 != id)
+            && self.finish_reads(mem)? == Read::Offloaded
+        {
+            return Ok(Read::Offloaded);
+        }
+        let b = &mut self.bufs[0];
+        let Data::File(_, ref bytes, offset) = b.data else {
+            unreachable!()
         };
         let start = offset + b.pos as u64;
         let data = bytes[b.pos..b.pos + len].to_vec();
         b.pos += len;
         // Neighbouring parts of one file join the read before them.
         match self.reads.last_mut() {
-            Some(r)
-                if r.0 == id
-                    && r.1 + r.2.iter().map(|p| p.1.len() as u64).sum::<u64>() == start =>
-            {
+            Some(r) if r.1 + r.2.iter().map(|p| p.1.len() as u64).sum::<u64>() == start => {
                 r.2.push((at, data))
             }
             _ => self.reads.push((id, start, vec![(at, data)])),
         }
         self.pop_if_done();
-        Ok(())
+        Ok(Read::Done)
     }
 
-    fn finish_reads(&mut self, mem: &mut [u8]) -> Result<(), Fatal> {
-        for (id, _, parts) in self.reads.drain(..) {
-            if self.truncated == Some(id) {
-                return Err(Fatal);
-            }
-            self.read_calls += 1;
-            for (at, data) in parts {
-                mem[at..at + data.len()].copy_from_slice(&data);
-            }
+    fn finish_reads(&mut self, mem: &mut [u8]) -> Result<Read, Fatal> {
+        let reads: Vec<Queued> = self.reads.drain(..).collect();
+        if reads.is_empty() {
+            return Ok(Read::Done);
         }
-        Ok(())
+        let mut pool = self.threads.borrow_mut();
+        if pool.on {
+            assert!(pool.running.is_none(), "a second task while one runs");
+            pool.running = Some(Job::Reads(reads));
+            pool.posted += 1;
+            return Ok(Read::Offloaded);
+        }
+        drop(pool);
+        self.perform(reads, mem)?;
+        Ok(Read::Done)
     }
 
     fn file_run(&self, max: u64) -> u64 {
@@ -219,6 +271,7 @@ struct FakeTls {
     /// TLS records completed, and bytes in the record the kernel holds open.
     records: usize,
     open: usize,
+    threads: Threads,
 }
 
 impl FakeTls {
@@ -233,7 +286,30 @@ impl FakeTls {
             fail: false,
             records: 0,
             open: 0,
+            threads: Threads::default(),
         }
+    }
+
+    /// The kernel's side of a sendfile of `len` bytes of the chain's head.
+    fn send_file_bytes(&mut self, chain: &FakeChain, len: usize) -> Io {
+        let n = self.accept(len);
+        if n == 0 {
+            return Io::Again;
+        }
+        self.ops.push(Op::Sendfile(n));
+        let mut left = n;
+        for b in &chain.bufs {
+            let rest = b.rest();
+            let take = rest.len().min(left);
+            self.out.extend_from_slice(&rest[..take]);
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+        self.room -= n;
+        self.kernel_records(n, true);
+        Io::Sent(n)
     }
 
     fn accept(&mut self, len: usize) -> usize {
@@ -254,6 +330,19 @@ impl FakeTls {
 }
 
 impl Transport<FakeChain> for FakeTls {
+    fn busy(&mut self) -> Result<bool, Fatal> {
+        Ok(self.threads.borrow().running.is_some())
+    }
+
+    fn collect(&mut self, _chain: &FakeChain) -> Result<Collected, Fatal> {
+        Ok(self
+            .threads
+            .borrow_mut()
+            .finished
+            .take()
+            .unwrap_or(Collected::Nothing))
+    }
+
     fn kernel_allowed(&mut self) -> bool {
         self.kernel && !self.ssl_pending
     }
@@ -305,24 +394,16 @@ impl Transport<FakeChain> for FakeTls {
             chain.file_run(len as u64),
             "sendfile beyond the file run"
         );
-        let n = self.accept(len);
-        if n == 0 {
-            return Ok(Io::Again);
+        let mut pool = self.threads.borrow_mut();
+        if pool.on {
+            assert!(pool.running.is_none(), "a second task while one runs");
+            assert!(pool.finished.is_none(), "a result left uncollected");
+            pool.running = Some(Job::Sendfile(len));
+            pool.posted += 1;
+            return Ok(Io::Offloaded);
         }
-        self.ops.push(Op::Sendfile(n));
-        let mut left = n;
-        for b in &chain.bufs {
-            let rest = b.rest();
-            let take = rest.len().min(left);
-            self.out.extend_from_slice(&rest[..take]);
-            left -= take;
-            if left == 0 {
-                break;
-            }
-        }
-        self.room -= n;
-        self.kernel_records(n, true);
-        Ok(Io::Sent(n))
+        drop(pool);
+        Ok(self.send_file_bytes(chain, len))
     }
 }
 
@@ -355,14 +436,53 @@ impl Run {
     /// between calls (as if the peer read that much each time).
     fn run_to_end(&mut self, room: usize) {
         let bytes: usize = self.chain.bufs.iter().map(|b| b.rest().len()).sum();
-        for _ in 0..=bytes + 1 {
+        for _ in 0..=2 * bytes + 2 {
             self.tls.room = room;
             let buffered = self.call(LIMIT).unwrap();
+            let ops = self.tls.ops.len();
+            // A thread's job is done before anything else happens.
+            if self.finish_task().unwrap() {
+                let again = self.call(LIMIT).unwrap();
+                assert!(
+                    self.tls.threads.borrow().running.is_some() || self.tls.ops.len() >= ops,
+                    "{again}"
+                );
+                continue;
+            }
             if self.chain.bufs.is_empty() && !buffered {
                 return;
             }
         }
         panic!("no progress");
+    }
+
+    /// Sends file I/O to a thread pool, shared by the chain and the transport.
+    fn with_threads(mut self) -> Self {
+        let pool = Threads::default();
+        pool.borrow_mut().on = true;
+        self.chain.threads = pool.clone();
+        self.tls.threads = pool;
+        self
+    }
+
+    /// The thread does the posted job, if there is one; false if none.
+    fn finish_task(&mut self) -> Result<bool, Fatal> {
+        let job = self.tls.threads.borrow_mut().running.take();
+        match job {
+            None => Ok(false),
+            Some(Job::Reads(reads)) => {
+                self.chain.perform(reads, &mut self.mem)?;
+                Ok(true)
+            }
+            Some(Job::Sendfile(len)) => {
+                let done = match self.tls.send_file_bytes(&self.chain, len) {
+                    Io::Sent(n) => Collected::Sent(n as u64),
+                    _ => Collected::Again,
+                };
+                self.tls.threads.borrow_mut().finished = Some(done);
+                Ok(true)
+            }
+        }
     }
 
     fn call(&mut self, limit: u64) -> Result<bool, Fatal> {
@@ -733,4 +853,196 @@ fn chunked_response_with_again_keeps_order_and_closes_records() {
         assert_eq!(run.tls.open, 0, "room {room}: a record was left open");
         assert_more_only_before_sendfile(&run.tls.ops);
     }
+}
+
+/// Two HTTP/2 streams interleaved, each frame from its own file.
+fn h2_two_streams(a: &[u8], b: &[u8]) -> Vec<FakeBuf> {
+    let mut bufs = vec![mem(&pattern(120, 40))];
+    for (i, (ca, cb)) in a.chunks(8192).zip(b.chunks(8192)).enumerate() {
+        bufs.push(mem(&pattern(9, i as u8)));
+        bufs.push(file(1, ca, (i * 8192) as u64));
+        bufs.push(mem(&pattern(9, i as u8 ^ 0x55)));
+        bufs.push(file(2, cb, (i * 8192) as u64));
+    }
+    let last = bufs.len() - 1;
+    bufs[last].flush = true;
+    bufs
+}
+
+/// Responses whose file I/O may go to a thread.
+fn offload_cases() -> Vec<(&'static str, Vec<FakeBuf>)> {
+    let big = pattern(300_000, 41);
+    vec![
+        (
+            "http1 file",
+            vec![mem(&pattern(300, 42)), flushed(file(1, &big, 0))],
+        ),
+        (
+            "small file",
+            vec![mem(&pattern(200, 43)), flushed(file(1, &big[..4096], 0))],
+        ),
+        ("h2 one stream", h2_frames(&big[..200_000])),
+        (
+            "h2 two streams",
+            h2_two_streams(&big[..65536], &big[65536..131072]),
+        ),
+        (
+            "chunked",
+            vec![
+                mem(b"493e0\r\n"),
+                file(1, &big, 0),
+                mem(b"\r\n0\r\n\r\n"),
+                flushed(special(true)),
+            ],
+        ),
+        (
+            "ranges",
+            vec![
+                mem(b"--b\r\n"),
+                file(1, &big[100..5000], 100),
+                mem(b"\r\n--b\r\n"),
+                file(1, &big[90_000..200_000], 90_000),
+                mem(b"\r\n--b--\r\n"),
+                flushed(special(true)),
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn thread_offload_sends_what_the_event_loop_sends() {
+    for (name, bufs) in offload_cases() {
+        for kernel in [true, false] {
+            let want = concat(&bufs);
+            let mut plain = Run::new(bufs.clone(), kernel, 16384);
+            plain.run_to_end(usize::MAX);
+            let mut threads = Run::new(bufs.clone(), kernel, 16384).with_threads();
+            threads.run_to_end(usize::MAX);
+            let what = format!("{name}, kernel={kernel}");
+            assert_eq!(threads.tls.out, want, "{what}");
+            // The same system calls make the same records.
+            assert_eq!(threads.tls.ops, plain.tls.ops, "{what}");
+            assert_eq!(threads.tls.records, plain.tls.records, "{what}");
+            assert_eq!(threads.tls.open, 0, "{what}: a record was left open");
+            assert!(
+                threads.tls.threads.borrow().posted > 0,
+                "{what}: nothing offloaded"
+            );
+        }
+    }
+}
+
+#[test]
+fn thread_offload_with_a_full_socket_keeps_order() {
+    for (name, bufs) in offload_cases() {
+        for room in [1, 4096, 16385, 70000] {
+            let want = concat(&bufs);
+            let mut run = Run::new(bufs.clone(), true, 16384).with_threads();
+            run.tls.per_call = 7000;
+            run.run_to_end(room);
+            assert_eq!(run.tls.out, want, "{name}, room {room}");
+            assert_eq!(
+                run.tls.open, 0,
+                "{name}, room {room}: a record was left open"
+            );
+            assert_more_only_before_sendfile(&run.tls.ops);
+        }
+    }
+}
+
+#[test]
+fn nothing_is_written_while_a_thread_works() {
+    let body = pattern(100_000, 44);
+    let bufs = vec![mem(b"header"), flushed(file(1, &body, 0))];
+    let mut run = Run::new(bufs, true, 16384).with_threads();
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert_eq!(run.tls.ops, vec![Op::Kernel(6, true)]);
+    assert!(run.tls.threads.borrow().running.is_some());
+
+    // Another stream's frame arrives while the thread sends: it waits.
+    run.chain
+        .bufs
+        .push(flushed(mem(b"frame of another stream")));
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert_eq!(run.tls.ops, vec![Op::Kernel(6, true)]);
+
+    assert_eq!(run.finish_task(), Ok(true));
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert_eq!(
+        run.tls.ops,
+        vec![
+            Op::Kernel(6, true),
+            Op::Sendfile(100_000),
+            Op::Kernel(23, false)
+        ]
+    );
+    let mut want = b"header".to_vec();
+    want.extend_from_slice(&body);
+    want.extend_from_slice(b"frame of another stream");
+    assert_eq!(run.tls.out, want);
+}
+
+#[test]
+fn buffer_filled_by_a_thread_is_written_only_when_it_is_done() {
+    let bufs = vec![
+        mem(&pattern(200, 45)),
+        flushed(file(1, &pattern(4096, 46), 0)),
+    ];
+    let want = concat(&bufs);
+    let mut run = Run::new(bufs, true, 16384).with_threads();
+    assert_eq!(run.call(LIMIT), Ok(true), "the buffer holds the response");
+    assert!(run.tls.ops.is_empty());
+    assert!(run.chain.bufs.is_empty(), "the parts were taken");
+    assert_eq!(run.call(LIMIT), Ok(true), "still busy");
+    assert!(run.tls.ops.is_empty());
+    assert_eq!(run.finish_task(), Ok(true));
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert_eq!(run.tls.ops, vec![Op::Kernel(4296, false)]);
+    assert_eq!(run.tls.out, want);
+}
+
+#[test]
+fn sendfile_from_a_thread_counts_against_the_limit() {
+    let body = pattern(100_000, 47);
+    let mut run = Run::new(vec![flushed(file(1, &body, 0))], true, 16384).with_threads();
+    assert_eq!(run.call(30_000), Ok(false));
+    assert_eq!(run.finish_task(), Ok(true));
+    assert_eq!(run.tls.ops, vec![Op::Sendfile(30_000)]);
+    // The call that collects those 30000 may send 10000 more, not 40000.
+    assert_eq!(run.call(40_000), Ok(false));
+    assert_eq!(run.finish_task(), Ok(true));
+    assert_eq!(
+        run.tls.ops,
+        vec![Op::Sendfile(30_000), Op::Sendfile(10_000)]
+    );
+    assert_eq!(run.tls.out, &body[..40_000]);
+}
+
+#[test]
+fn thread_sendfile_on_a_full_socket_waits_then_posts_again() {
+    let body = pattern(50_000, 48);
+    let mut run = Run::new(vec![flushed(file(1, &body, 0))], true, 16384).with_threads();
+    run.tls.room = 0;
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert_eq!(run.finish_task(), Ok(true));
+    // Collected "again": nothing goes out, nothing is posted.
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert!(run.tls.threads.borrow().running.is_none());
+    assert_eq!(run.tls.threads.borrow().posted, 1);
+    run.tls.room = usize::MAX;
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert_eq!(run.finish_task(), Ok(true));
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert_eq!(run.tls.out, body);
+    assert!(run.chain.bufs.is_empty());
+}
+
+#[test]
+fn truncated_file_read_by_a_thread_is_fatal() {
+    let mut run =
+        Run::new(vec![flushed(file(9, &pattern(100, 49), 0))], true, 16384).with_threads();
+    run.chain.truncated = Some(9);
+    assert_eq!(run.call(LIMIT), Ok(true));
+    assert_eq!(run.finish_task(), Err(Fatal));
+    assert!(run.tls.ops.is_empty(), "nothing of the file was sent");
 }
