@@ -24,8 +24,9 @@ use core::ptr;
 
 use nginx_sys::{
     ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_event_handler_pt, ngx_event_t, ngx_file_t,
-    ngx_log_t, ngx_post_event, ngx_posted_events, ngx_recv_pt, ngx_thread_task_alloc,
-    ngx_thread_task_t, u_char, NGX_AGAIN, NGX_LOG_ALERT, NGX_OK, SSL_ERROR_SYSCALL,
+    ngx_http_request_t, ngx_log_t, ngx_post_event, ngx_posted_events, ngx_recv_pt,
+    ngx_thread_task_alloc, ngx_thread_task_t, u_char, NGX_AGAIN, NGX_LOG_ALERT, NGX_OK,
+    NGX_SSL_BUFFERED, SSL_ERROR_SYSCALL,
 };
 
 use crate::plan::{Collected, Fatal, Io, Read};
@@ -99,6 +100,9 @@ struct Ctx {
     saved_recv: ngx_recv_pt,
     /// A read was turned away while the sendfile ran.
     read_deferred: bool,
+    /// An HTTP/2 stream whose bytes a thread reads into the buffer: its
+    /// connection says so while the read runs (see [`read`]).
+    stream: *mut ngx_connection_t,
 }
 
 /// Whether reads of `file` go to a thread: `aio threads` is on where its
@@ -170,6 +174,7 @@ unsafe fn task_for(c: *mut ngx_connection_t) -> Result<*mut ngx_thread_task_t, F
             next_handler: None,
             saved_recv: None,
             read_deferred: false,
+            stream: ptr::null_mut(),
         });
         (*task).event.log = (*c).log;
         (*task).handler = Some(run);
@@ -238,6 +243,7 @@ unsafe extern "C" fn task_done(ev: *mut ngx_event_t) {
         // thread still works and the connection stays its.
         if (*ev).timedout() == 0 {
             (*ctx).stage = Stage::Finished;
+            release_stream(ctx);
             debug!(
                 (*(*ctx).c).log,
                 "ktls thread: task #{} done: {:?}",
@@ -372,7 +378,50 @@ pub unsafe fn read(
             nparts: parts.len(),
         };
         start(c, file, ptr::null_mut(), job)?;
+        hold_stream(c, ctx(task), file);
         Ok(Read::Offloaded)
+    }
+}
+
+/// Keeps the request whose file a thread reads from finishing until the
+/// read is done.
+///
+/// Its file buffers are used up once their parts are queued, so to HTTP/2
+/// its frames are sent, and the stream could be finalized while the thread
+/// still reads: a blocked request that is finalized is never closed.  Its
+/// stream connection is marked buffered meanwhile (`NGX_SSL_BUFFERED`, which
+/// nginx never sets on a stream's connection), as the TLS connection itself
+/// is for HTTP/1.x.
+///
+/// # Safety
+/// `c` must be a live TLS connection, `ctx` its task's context, and `file`
+/// the file the read is from, whose `thread_ctx` is its request (the copy
+/// filter's, the cache's and upstream's thread handlers all set it so).
+unsafe fn hold_stream(c: *mut ngx_connection_t, ctx: *mut Ctx, file: *mut ngx_file_t) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let r = (*file).thread_ctx.cast::<ngx_http_request_t>();
+        if r.is_null() || (*r).connection == c {
+            return;
+        }
+        let fc = (*r).connection;
+        (*fc).set_buffered((*fc).buffered() | NGX_SSL_BUFFERED);
+        (*ctx).stream = fc;
+    }
+}
+
+/// Lets the stream held by [`hold_stream`] finish; its write handler runs
+/// next (the poster's completion handler runs it), and sees the rest.
+///
+/// # Safety
+/// `ctx` must be a task's context.
+unsafe fn release_stream(ctx: *mut Ctx) {
+    // SAFETY: the stream's request was blocked, so its connection is live.
+    unsafe {
+        let fc = core::mem::replace(&mut (*ctx).stream, ptr::null_mut());
+        if !fc.is_null() {
+            (*fc).set_buffered((*fc).buffered() & !NGX_SSL_BUFFERED);
+        }
     }
 }
 
