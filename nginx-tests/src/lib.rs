@@ -14,5 +14,6 @@ pub mod h2;
 pub mod kernel;
 pub mod logs;
 pub mod nginx;
+pub mod slow_disk;
 pub mod tls;
 pub mod workdir;

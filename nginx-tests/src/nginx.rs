@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 /// What a test adds to the common config.
 pub struct Setup {
     name: String,
+    main: String,
     http: String,
     server: String,
     listen: String,
@@ -31,12 +32,20 @@ impl Setup {
     pub fn new(name: &str) -> Setup {
         Setup {
             name: name.to_string(),
+            main: String::new(),
             http: String::new(),
             server: String::new(),
             listen: String::new(),
             http2: false,
             files: Vec::new(),
         }
+    }
+
+    /// Directives for the main context (`thread_pool`, ...).
+    pub fn main(mut self, text: &str) -> Setup {
+        self.main.push_str(text);
+        self.main.push('\n');
+        self
     }
 
     /// Directives for the `http` block.
@@ -99,7 +108,7 @@ impl Setup {
             })
             .collect();
         format!(
-            "{load}{user}worker_processes 1;\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\n\
+            "{load}{user}{main}worker_processes 1;\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\n\
              error_log {p}/logs/error.log debug;\n\
              events {{\n    worker_connections 1024;\n}}\n\
              http {{\n    {log_format}\n    access_log {p}/logs/access.log ktls;\n\
@@ -113,6 +122,7 @@ impl Setup {
              \x20   ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_conf_command Options KTLS;\n\
              \x20   ssl_session_cache shared:SSL:1m;\n{http}{servers}}}\n",
             user = user_directive(),
+            main = self.main,
             log_format = logs::log_format(),
             http = indent(&self.http, 4),
         )
@@ -311,6 +321,25 @@ impl Nginx {
     /// The access log line for `uri` (make URIs unique per request, e.g. with `?n=`).
     pub fn entry(&self, uri: &str) -> AccessEntry {
         logs::wait_access_entry(&self.dir.path().join("logs/access.log"), uri)
+    }
+
+    /// `nginx -s quit` (SIGQUIT to the master): workers finish what they serve, then exit.
+    /// Returns whether nginx exited within `limit`; if not, it is stopped as on drop.
+    pub fn quit(&mut self, limit: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: plain kill(2) on the master we spawned (not yet reaped).
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGQUIT) };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        stop_child(&mut child);
+        false
     }
 
     /// Stops nginx and asserts its error log shows nothing wrong: no crashed worker ("exited on

@@ -1,0 +1,467 @@
+//! `aio threads`: with kTLS, the module's `sendfile()` and its reads into the TLS buffer run in
+//! nginx's thread pool, so a disk that is slow to answer holds up a thread, never the worker.
+//!
+//! - Bodies, on any kernel: whole files, ranges, SSI and HTTP/2 with the default pool, a named
+//!   pool and a pool named by a variable; under kTLS, the debug log must show the module's tasks.
+//! - On a slow disk (dm-delay, as root under `scripts/ktls-vm`, caches dropped before each
+//!   case): small requests during a cold download, a client that goes away, a file truncated and
+//!   a graceful shutdown while a task is in flight, and 20 cold downloads on 2 threads.
+
+use nginx_ktls_tests::body::{assert_body, pseudo_random};
+use nginx_ktls_tests::cases::{each, Case};
+use nginx_ktls_tests::config::{expect_kernel, module_loaded, skipped};
+use nginx_ktls_tests::h1::{get, H1};
+use nginx_ktls_tests::h2;
+use nginx_ktls_tests::logs::{assert_send_path, connection_lines, Ktls, Sent};
+use nginx_ktls_tests::nginx::{Nginx, Setup};
+use nginx_ktls_tests::slow_disk::SlowDisk;
+use nginx_ktls_tests::tls::{ClientOpts, TlsConn, TlsVersion};
+use std::fs::OpenOptions;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Whether this run drives the module's thread path: kTLS, and the module on that server.
+fn module_threads(ktls: Ktls) -> bool {
+    expect_kernel() && module_loaded() && ktls == Ktls::On
+}
+
+/// Under kTLS with the module, the connection's debug lines show a task of `kind`
+/// ("sendfile" or "read") posted and completed.
+#[track_caller]
+fn assert_tasks(what: &str, srv: &Nginx, connection: u64, kind: &str) {
+    let lines = connection_lines(&srv.error_log(), connection);
+    let posted = format!("posted: {kind}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ktls thread: task #") && l.ends_with(&posted)),
+        "{what}: no {kind} task posted on *{connection}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ktls thread: task #") && l.contains(" done: ")),
+        "{what}: no task completed on *{connection}"
+    );
+}
+
+/// Drops the page cache where that is possible (as root under kTLS), so that reads miss it.
+fn cold() {
+    if SlowDisk::available() {
+        SlowDisk::drop_caches();
+    }
+}
+
+#[test]
+fn bodies_with_thread_pools() {
+    let big = pseudo_random(81, 3 << 20);
+    let small = pseudo_random(82, 5000);
+    let page =
+        "<p><!--# include virtual=\"/pool/big\" --></p><!--# include virtual=\"/pool/small\" -->";
+    let expected_page = [&b"<p>"[..], &big, b"</p>", &small].concat();
+    let srv = Setup::new("aio-bodies")
+        .main("thread_pool two threads=2;")
+        .http("aio threads;")
+        .server(
+            "location /pool/ {\n    aio threads=two;\n}\n\
+             location /var/ {\n    set $tp two;\n    aio threads=$tp;\n}\n\
+             location /ssi/ {\n    ssi on;\n}",
+        )
+        .http2()
+        .file("big", big.clone())
+        .file("small", small.clone())
+        .file("pool/big", big.clone())
+        .file("pool/small", small.clone())
+        .file("var/small", small.clone())
+        .file("ssi/page.shtml", page.into())
+        .start();
+    each(Case::all(), |case| {
+        let name = case.name();
+        let h1_cases: [(&str, &[u8], Sent, &str); 5] = [
+            ("/big", &big, Sent::Sendfile, "sendfile"),
+            ("/pool/big", &big, Sent::Sendfile, "sendfile"),
+            ("/var/small", &small, Sent::MayCopy, "read"),
+            ("/small", &small, Sent::MayCopy, "read"),
+            (
+                "/ssi/page.shtml",
+                &expected_page,
+                Sent::Sendfile,
+                "sendfile",
+            ),
+        ];
+        for (path, want, sent, kind) in h1_cases {
+            cold();
+            let uri = format!("{path}?case={name}");
+            let mut c =
+                H1::new(TlsConn::connect(srv.port(case.ktls), &case.opts()).expect("connect"));
+            let r = c.get(&uri).unwrap_or_else(|e| panic!("{name} {uri}: {e}"));
+            assert_eq!(r.status, 200, "{name} {uri}");
+            assert_body(&format!("{name} {uri}"), want, &r.body);
+            let e = srv.entry(&uri);
+            assert_send_path(
+                &format!("{name} {uri}"),
+                case.ktls,
+                &srv.error_log(),
+                &e,
+                sent,
+            );
+            if module_threads(case.ktls) {
+                assert_tasks(&format!("{name} {uri}"), &srv, e.connection, kind);
+            }
+        }
+
+        // A range: part of the file, from its offset.
+        cold();
+        let uri = format!("/pool/big?case={name}&range");
+        let mut c = H1::new(TlsConn::connect(srv.port(case.ktls), &case.opts()).expect("connect"));
+        c.conn
+            .send(&get(&uri, "Range: bytes=1000-1500999\r\n"))
+            .expect("send");
+        let r = c
+            .read_response()
+            .unwrap_or_else(|e| panic!("{name} {uri}: {e}"));
+        assert_eq!(r.status, 206, "{name} {uri}");
+        assert_body(&format!("{name} {uri}"), &big[1000..1501000], &r.body);
+
+        // HTTP/2: 8k frames read into the buffer, two streams of two files at once.
+        cold();
+        let mut conn =
+            TlsConn::connect(srv.port(case.ktls), &case.opts().h2()).expect("connect h2");
+        let paths = [
+            format!("/big?case={name}&h2"),
+            format!("/var/small?case={name}&h2"),
+        ];
+        let got = h2::get_concurrent(&mut conn, &[&paths[0], &paths[1]])
+            .unwrap_or_else(|e| panic!("{name} h2: {e}"));
+        assert_body(&format!("{name} h2 big"), &big, &got[0].body);
+        assert_body(&format!("{name} h2 small"), &small, &got[1].body);
+        let e = srv.entry(&paths[0]);
+        assert_send_path(
+            &format!("{name} h2"),
+            case.ktls,
+            &srv.error_log(),
+            &e,
+            Sent::MayCopy,
+        );
+        if module_threads(case.ktls) {
+            assert_tasks(&format!("{name} h2"), &srv, e.connection, "read");
+        }
+    });
+    srv.finish();
+}
+
+/// A test server whose `/slow/` is a slow disk, read in threads (`/sync/`: the same files
+/// without threads); `/small` is a small page that stays in the page cache.
+struct SlowServer {
+    disk: SlowDisk,
+    srv: Nginx,
+    small: Vec<u8>,
+}
+
+fn slow_server(name: &str, delay_ms: u32, files: &[(&str, &[u8])]) -> Option<SlowServer> {
+    if !SlowDisk::available() {
+        skipped(&format!(
+            "{name}: a slow disk needs root under scripts/ktls-vm"
+        ));
+        return None;
+    }
+    let disk = SlowDisk::new(name, 160, delay_ms);
+    for (rel, content) in files {
+        disk.write(rel, content);
+    }
+    let small = pseudo_random(90, 2000);
+    let d = disk.path().display();
+    let srv = Setup::new(name)
+        .main("thread_pool two threads=2;")
+        .http("send_timeout 20s;")
+        .server(&format!(
+            "location /slow/ {{\n    alias {d}/;\n    aio threads;\n}}\n\
+             location /two/ {{\n    alias {d}/;\n    aio threads=two;\n}}\n\
+             location /limited/ {{\n    alias {d}/;\n    aio threads;\n    limit_rate 2m;\n}}\n\
+             location /sync/ {{\n    alias {d}/;\n}}"
+        ))
+        .http2()
+        .file("small", small.clone())
+        .start();
+    Some(SlowServer { disk, srv, small })
+}
+
+/// Latencies of small requests, one every 50 ms on a keep-alive connection, while `busy` runs.
+fn sample_latencies(port: u16, small: &[u8], busy: &thread::JoinHandle<()>) -> Vec<Duration> {
+    let mut c =
+        H1::new(TlsConn::connect(port, &ClientOpts::new(TlsVersion::Tls13)).expect("connect"));
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut n = 0;
+    while !busy.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        n += 1;
+        let t = Instant::now();
+        let r = c.get(&format!("/small?sample={n}")).expect("small request");
+        got.push(t.elapsed());
+        assert_body("small request", small, &r.body);
+    }
+    got
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() - 1) * p / 100]
+}
+
+/// One download of `path` (HTTP/1.1 or HTTP/2), from the disk if `cold` and from the page
+/// cache otherwise, with small requests sampled meanwhile: (p50, max) of the samples.
+fn stall_during_download(
+    s: &SlowServer,
+    ktls: Ktls,
+    path: &str,
+    h2: bool,
+    cold: bool,
+    want: &[u8],
+) -> (Duration, Duration) {
+    let port = s.srv.port(ktls);
+    let mut warm =
+        H1::new(TlsConn::connect(port, &ClientOpts::new(TlsVersion::Tls13)).expect("connect"));
+    if cold {
+        SlowDisk::drop_caches();
+    } else {
+        warm.get(path).expect("warm the file");
+    }
+    warm.get("/small?warm").expect("warm");
+    let want = want.to_vec();
+    let uri = path.to_string();
+    let download = thread::spawn(move || {
+        let path = uri;
+        let opts = ClientOpts::new(TlsVersion::Tls13);
+        let body = if h2 {
+            let mut conn = TlsConn::connect(port, &opts.h2()).expect("connect h2");
+            h2::get_concurrent(&mut conn, &[&path])
+                .expect("h2 download")
+                .remove(0)
+                .body
+        } else {
+            let mut c = H1::new(TlsConn::connect(port, &opts).expect("connect"));
+            c.get(&path).expect("download").body
+        };
+        assert_body(&format!("cold download {path}"), &want, &body);
+    });
+    let mut samples = sample_latencies(port, &s.small, &download);
+    download.join().expect("the download");
+    assert!(samples.len() >= 5, "{path}: only {} samples", samples.len());
+    samples.sort();
+    (percentile(&samples, 50), *samples.last().unwrap())
+}
+
+#[test]
+fn small_requests_do_not_wait_for_a_cold_disk() {
+    let big = pseudo_random(91, 32 << 20);
+    let Some(s) = slow_server("aio-stall", 100, &[("big", &big)]) else {
+        return;
+    };
+    let ms = Duration::from_millis;
+    let mut failures = Vec::new();
+    for h2 in [false, true] {
+        let proto = if h2 { "HTTP/2" } else { "HTTP/1.1" };
+        let warm = stall_during_download(&s, Ktls::On, "/slow/big", h2, false, &big);
+        let threads = stall_during_download(&s, Ktls::On, "/slow/big", h2, true, &big);
+        let sync = stall_during_download(&s, Ktls::On, "/sync/big", h2, true, &big);
+        let nginx = stall_during_download(&s, Ktls::Off, "/slow/big", h2, true, &big);
+        eprintln!(
+            "{proto} small-request p50/max: page cache {:?}/{:?}; cold disk: module with threads \
+             {:?}/{:?}, module without {:?}/{:?}, nginx's own path with threads {:?}/{:?}",
+            warm.0, warm.1, threads.0, threads.1, sync.0, sync.1, nginx.0, nginx.1
+        );
+        // Under UML the kernel's crypto is generic C: an HTTP/2 download keeps the worker busy
+        // encrypting whole socket buffers even from the page cache, so HTTP/2 is measured
+        // against its page-cache run; HTTP/1.1's sendfile() encrypts in the thread.
+        let (p50_bound, max_bound) = if h2 {
+            (warm.0 + ms(100), sync.1)
+        } else {
+            (ms(50), ms(200))
+        };
+        // The disk is slow enough to show: without threads the worker waits for it.
+        if sync.0 < warm.0 + ms(200) && sync.1 < warm.1 + ms(400) {
+            failures.push(format!(
+                "{proto}: without threads no stall showed: {sync:?}"
+            ));
+        }
+        if threads.0 > p50_bound || threads.1 >= max_bound {
+            failures.push(format!(
+                "{proto}: with threads p50/max {threads:?}, bounds {p50_bound:?}/{max_bound:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    s.srv.finish();
+}
+
+/// Starts a download of `path` on its own thread; the handle ends the client's side of the
+/// connection (both directions) when asked, which makes the thread's reads fail.
+fn download_in_background(
+    port: u16,
+    path: &str,
+    h2: bool,
+    opts: ClientOpts,
+) -> (std::net::TcpStream, thread::JoinHandle<Option<Vec<u8>>>) {
+    let mut conn = TlsConn::connect(port, &if h2 { opts.h2() } else { opts }).expect("connect");
+    let socket = conn.stream.get_ref().try_clone().expect("clone the socket");
+    let path = path.to_string();
+    let t = thread::spawn(move || {
+        if h2 {
+            h2::get_concurrent(&mut conn, &[&path])
+                .ok()
+                .map(|mut r| r.remove(0).body)
+        } else {
+            let mut c = H1::new(conn);
+            c.get(&path).ok().map(|r| r.body)
+        }
+    });
+    (socket, t)
+}
+
+#[test]
+fn client_goes_away_while_a_thread_works() {
+    let big = pseudo_random(92, 24 << 20);
+    let Some(s) = slow_server("aio-abort", 20, &[("big", &big)]) else {
+        return;
+    };
+    for (path, h2) in [("/slow/big?h1", false), ("/slow/big?h2", true)] {
+        SlowDisk::drop_caches();
+        let opts = ClientOpts::new(TlsVersion::Tls13).rcvbuf(16 * 1024);
+        let (socket, t) = download_in_background(s.srv.port(Ktls::On), path, h2, opts);
+        thread::sleep(Duration::from_millis(700));
+        socket.shutdown(std::net::Shutdown::Both).expect("shutdown");
+        assert!(
+            t.join().expect("the download").is_none(),
+            "{path}: the download completed before the client went away"
+        );
+        // The worker goes on serving.
+        let mut c = H1::new(
+            TlsConn::connect(s.srv.port(Ktls::On), &ClientOpts::new(TlsVersion::Tls13))
+                .expect("connect"),
+        );
+        let r = c
+            .get(&format!("/small?after={path}"))
+            .expect("request after the abort");
+        assert_body("after the abort", &s.small, &r.body);
+    }
+    let SlowServer { disk, mut srv, .. } = s;
+    assert!(srv.quit(Duration::from_secs(60)), "nginx did not quit");
+    srv.finish();
+    drop(disk);
+}
+
+#[test]
+fn file_truncated_while_a_thread_works() {
+    let content = pseudo_random(93, 16 << 20);
+    let cut: usize = 4 << 20;
+    let Some(s) = slow_server(
+        "aio-truncate",
+        20,
+        &[("t-h1", &content), ("t-h2", &content)],
+    ) else {
+        return;
+    };
+    for (rel, h2) in [("t-h1", false), ("t-h2", true)] {
+        SlowDisk::drop_caches();
+        let path = s.disk.path().join(rel);
+        // At 2 MB/s, well short of the cut when the file shrinks.
+        let uri = format!("/limited/{rel}");
+        let opts = ClientOpts::new(TlsVersion::Tls13);
+        let (_socket, t) = download_in_background(s.srv.port(Ktls::On), &uri, h2, opts);
+        thread::sleep(Duration::from_millis(500));
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(cut as u64))
+            .expect("truncate");
+        let body = t.join().expect("the download");
+        assert!(
+            body.is_none(),
+            "{rel}: a complete response after a truncation"
+        );
+        let log = s.srv.error_log();
+        let p = path.display().to_string();
+        assert!(
+            log.lines()
+                .any(|l| l.contains(" [alert] ") && l.contains(&p)),
+            "{rel}: no alert naming {p}"
+        );
+        let mut c = H1::new(
+            TlsConn::connect(s.srv.port(Ktls::On), &ClientOpts::new(TlsVersion::Tls13))
+                .expect("connect"),
+        );
+        let r = c
+            .get(&format!("/small?after={rel}"))
+            .expect("request after");
+        assert_body("after the truncation", &s.small, &r.body);
+    }
+    s.srv.finish_allowing(&["/slow-aio-truncate/t-"]);
+}
+
+#[test]
+fn graceful_quit_during_a_cold_transfer() {
+    let big = pseudo_random(94, 16 << 20);
+    let Some(s) = slow_server("aio-quit", 20, &[("big", &big)]) else {
+        return;
+    };
+    SlowDisk::drop_caches();
+    let port = s.srv.port(Ktls::On);
+    let want = big.clone();
+    let download = thread::spawn(move || {
+        let mut c =
+            H1::new(TlsConn::connect(port, &ClientOpts::new(TlsVersion::Tls13)).expect("connect"));
+        let r = c.get("/slow/big?quit").expect("download across the quit");
+        assert_body("download across the quit", &want, &r.body);
+    });
+    thread::sleep(Duration::from_millis(500));
+    let SlowServer { disk, mut srv, .. } = s;
+    assert!(srv.quit(Duration::from_secs(90)), "nginx did not quit");
+    download.join().expect("the download");
+    srv.finish();
+    drop(disk);
+}
+
+#[test]
+fn twenty_cold_downloads_on_two_threads() {
+    let files: Vec<Vec<u8>> = (0..20).map(|i| pseudo_random(100 + i, 2 << 20)).collect();
+    let named: Vec<(String, &[u8])> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (format!("f{i}"), f.as_slice()))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = named.iter().map(|(n, f)| (n.as_str(), *f)).collect();
+    let Some(s) = slow_server("aio-many", 20, &refs) else {
+        return;
+    };
+    SlowDisk::drop_caches();
+    let port = s.srv.port(Ktls::On);
+    let clients: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let want = f.clone();
+            thread::spawn(move || {
+                let opts = ClientOpts::new(TlsVersion::Tls13);
+                let path = format!("/two/f{i}");
+                let body = if i % 2 == 0 {
+                    let mut c = H1::new(TlsConn::connect(port, &opts).expect("connect"));
+                    c.get(&path).expect("download").body
+                } else {
+                    let mut conn = TlsConn::connect(port, &opts.h2()).expect("connect h2");
+                    h2::get_concurrent(&mut conn, &[&path])
+                        .expect("download")
+                        .remove(0)
+                        .body
+                };
+                assert_body(&path, &want, &body);
+            })
+        })
+        .collect();
+    let failed = clients
+        .into_iter()
+        .map(|c| c.join())
+        .filter(Result::is_err)
+        .count();
+    assert_eq!(failed, 0, "downloads failed (messages above)");
+    s.srv.finish();
+}
