@@ -59,9 +59,19 @@ fn bodies_with_thread_pools() {
     let page =
         "<p><!--# include virtual=\"/pool/big\" --></p><!--# include virtual=\"/pool/small\" -->";
     let expected_page = [&b"<p>"[..], &big, b"</p>", &small].concat();
+    // proxy_cache hits: the upstream is a plain server of the same nginx (root: its html).
+    let upstream = format!("/dev/shm/ktls-aio-upstream-{}.sock", std::process::id());
     let srv = Setup::new("aio-bodies")
         .main("thread_pool two threads=2;")
         .http("aio threads;")
+        .http(&format!(
+            "proxy_cache_path tmp/cache keys_zone=aio:1m;\n\
+             server {{\n    listen unix:{upstream};\n    access_log off;\n}}"
+        ))
+        .server(&format!(
+            "location /cached/ {{\n    proxy_pass http://unix:{upstream}:/;\n    \
+             proxy_cache aio;\n    proxy_cache_key $uri$arg_case;\n    proxy_cache_valid 200 1h;\n}}"
+        ))
         .server(
             "location /pool/ {\n    aio threads=two;\n}\n\
              location /var/ {\n    set $tp two;\n    aio threads=$tp;\n}\n\
@@ -108,6 +118,39 @@ fn bodies_with_thread_pools() {
             if module_threads(case.ktls) {
                 assert_tasks(&format!("{name} {uri}"), &srv, e.connection, kind);
             }
+        }
+
+        // A proxy_cache hit: the body comes from the cache file, after its header.
+        for pass in ["miss", "hit"] {
+            cold();
+            let uri = format!("/cached/big?case={name}&pass={pass}");
+            let mut c =
+                H1::new(TlsConn::connect(srv.port(case.ktls), &case.opts()).expect("connect"));
+            let r = c.get(&uri).unwrap_or_else(|e| panic!("{name} {uri}: {e}"));
+            assert_eq!(r.status, 200, "{name} {uri}");
+            assert_body(&format!("{name} {uri}"), &big, &r.body);
+        }
+        let hit = srv.entry(&format!("/cached/big?case={name}&pass=hit"));
+        assert!(
+            connection_lines(&srv.error_log(), hit.connection)
+                .iter()
+                .any(|l| l.starts_with("http file cache send")),
+            "{name}: the second request was not a cache hit"
+        );
+        assert_send_path(
+            &format!("{name} cache hit"),
+            case.ktls,
+            &srv.error_log(),
+            &hit,
+            Sent::Sendfile,
+        );
+        if module_threads(case.ktls) {
+            assert_tasks(
+                &format!("{name} cache hit"),
+                &srv,
+                hit.connection,
+                "sendfile",
+            );
         }
 
         // A range: part of the file, from its offset.
