@@ -201,6 +201,19 @@ struct SlowServer {
     small: Vec<u8>,
 }
 
+impl SlowServer {
+    /// The worker goes on serving after a fault on another connection.
+    #[track_caller]
+    fn assert_still_serving(&self, after: &str) {
+        let opts = ClientOpts::new(TlsVersion::Tls13);
+        let mut c = H1::new(TlsConn::connect(self.srv.port(Ktls::On), &opts).expect("connect"));
+        let r = c
+            .get(&format!("/small?after={after}"))
+            .unwrap_or_else(|e| panic!("request after {after}: {e}"));
+        assert_body(&format!("request after {after}"), &self.small, &r.body);
+    }
+}
+
 fn slow_server(name: &str, delay_ms: u32, files: &[(&str, &[u8])]) -> Option<SlowServer> {
     slow_server_with(name, delay_ms, files, "")
 }
@@ -394,15 +407,7 @@ fn client_goes_away_while_a_thread_works() {
             t.join().expect("the download").is_none(),
             "{path}: the download completed before the client went away"
         );
-        // The worker goes on serving.
-        let mut c = H1::new(
-            TlsConn::connect(s.srv.port(Ktls::On), &ClientOpts::new(TlsVersion::Tls13))
-                .expect("connect"),
-        );
-        let r = c
-            .get(&format!("/small?after={path}"))
-            .expect("request after the abort");
-        assert_body("after the abort", &s.small, &r.body);
+        s.assert_still_serving(path);
     }
     let SlowServer { disk, mut srv, .. } = s;
     assert!(srv.quit(Duration::from_secs(60)), "nginx did not quit");
@@ -446,14 +451,7 @@ fn file_truncated_while_a_thread_works() {
                 .any(|l| l.contains(" [alert] ") && l.contains(&p)),
             "{rel}: no alert naming {p}"
         );
-        let mut c = H1::new(
-            TlsConn::connect(s.srv.port(Ktls::On), &ClientOpts::new(TlsVersion::Tls13))
-                .expect("connect"),
-        );
-        let r = c
-            .get(&format!("/small?after={rel}"))
-            .expect("request after");
-        assert_body("after the truncation", &s.small, &r.body);
+        s.assert_still_serving(rel);
     }
     s.srv.finish_allowing(&["/slow-aio-truncate/t-"]);
 }
