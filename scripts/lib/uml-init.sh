@@ -8,7 +8,9 @@
 #
 # The run directory holds what the host prepared:
 #   vm.conf    bash assignments (declare -p): kmod_binary, modules_base,
-#              guest_modules, host_name, nofile_soft, nofile_hard, work_dir, command
+#              guest_modules (besides tls), host_name, nofile_soft, nofile_hard, work_dir,
+#              host_mounts (host directories to mount at the same path when the
+#              root is a release tree rather than the host's "/"), command
 #   env        the caller's environment, NUL-separated NAME=VALUE (env -0)
 # and receives what the host reads back after the guest has halted:
 #   stdout, stderr   the command's output (output is not streamed live)
@@ -26,7 +28,7 @@ readonly run_dir=${0%/*}
 
 # Set by vm.conf (declared here so that a missing one is an empty value).
 kmod_binary='' modules_base='' host_name='' work_dir='' nofile_soft='' nofile_hard=''
-guest_modules=() command=()
+guest_modules=() host_mounts=() command=()
 # shellcheck source=/dev/null # written at run time by scripts/ktls-vm
 source "$run_dir/vm.conf" || {
     echo "ktls-vm init: cannot read $run_dir/vm.conf" >"$run_dir/init-error"
@@ -91,8 +93,14 @@ load_tls_modules() {
     fi
     echo "$run_dir/modprobe" >/proc/sys/kernel/modprobe ||
         die "cannot set /proc/sys/kernel/modprobe"
-    "$run_dir/modprobe" -a "${guest_modules[@]}" ||
-        die "modprobe -a ${guest_modules[*]} failed"
+    "$run_dir/modprobe" -a tls || die "modprobe tls failed"
+    # The AEADs: modules in 6.1, built in or renamed in later kernels (7.x
+    # has no ghash-generic or chacha_generic); kTLS needs them either way, and
+    # --selftest checks every cipher.
+    local module
+    for module in "${guest_modules[@]}"; do
+        "$run_dir/modprobe" -q "$module" || log "no module $module in this kernel"
+    done
     local ulps
     ulps=$(cat /proc/sys/net/ipv4/tcp_available_ulp)
     [[ " $ulps " == *" tls "* ]] ||
@@ -106,6 +114,16 @@ bring_up_loopback() {
         ip addr add 127.0.0.1/8 dev lo || die "cannot add 127.0.0.1 to lo"
     ip -6 addr show dev lo | grep -q 'inet6 ::1/' ||
         ip addr add ::1/128 dev lo || die "cannot add ::1 to lo"
+}
+
+mount_host_dirs() {
+    local dir
+    for dir in "${host_mounts[@]}"; do
+        mkdir -p "$dir" || die "cannot make $dir"
+        grep -q "^[^ ]* $dir hostfs " /proc/mounts && continue
+        # Kernels 6.x with the new mount API name the host path "hostfs=".
+        mount -t hostfs -o "hostfs=$dir" none "$dir" || die "cannot mount the host's $dir"
+    done
 }
 
 run_command() {
@@ -130,6 +148,7 @@ main() {
     echo "$host_name" >/proc/sys/kernel/hostname
     load_tls_modules
     bring_up_loopback
+    mount_host_dirs
     run_command
     power_off
 }

@@ -1,0 +1,85 @@
+# Debian release trees for scripts/ktls-vm --release: a userland of that
+# release (debootstrap, minbase) with what the tests need, and that release's
+# User-Mode Linux kernel, patched to run on this host. Sourced, not run; uses
+# the caller's log and die, and repo_root.
+#
+# A tree lives in target/releases/RELEASE/: root/ (the userland, the guest's
+# "/"), linux.uml (the kernel with its loader and libraries taken from root/)
+# and .complete once both are usable. Delete the directory to make it anew.
+
+readonly release_packages=(nginx nginx-dev user-mode-linux curl nghttp2-client dmsetup e2fsprogs)
+readonly release_base_packages=kmod,iproute2,procps,openssl,ca-certificates
+
+release_dir() {
+    echo "$repo_root/target/releases/$1"
+}
+
+# The Debian mirror this host's apt uses (its package lists name no other).
+host_debian_mirror() {
+    local mirror
+    mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [[ -n $mirror ]] ||
+        mirror=$(awk '$1 == "deb" && $2 !~ /^\[/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
+    [[ -n $mirror ]] || die "no Debian mirror in this host's apt sources"
+    echo "$mirror"
+}
+
+# Installs the test packages inside the tree. A policy-rc.d keeps package
+# scripts from starting services: nginx would bind the host's port 80.
+install_release_packages() {
+    local root=$1
+    printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+    chmod 755 "$root/usr/sbin/policy-rc.d"
+    mount -t proc proc "$root/proc" || die "cannot mount proc in $root"
+    local rc=0
+    chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        --no-install-recommends "${release_packages[@]}" >"$root.apt.log" 2>&1 || rc=$?
+    umount "$root/proc"
+    ((rc == 0)) || { tail -n 20 "$root.apt.log" >&2; die "apt-get install in $root failed"; }
+}
+
+# The release's linux.uml, with the loader and libraries of the tree at its
+# final place ROOT (its glibc is newer than the host's), and `modprobe -d /`
+# finding its modules.
+prepare_release_kernel() {
+    local root=$1 out=$2 kver
+    kver=$(find "$root/usr/lib/uml/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | head -n 1)
+    [[ -n $kver && -f $root/usr/lib/uml/modules/$kver/kernel/net/tls/tls.ko ]] ||
+        die "the release's user-mode-linux ships no tls.ko"
+    mkdir -p "$root/usr/lib/modules"
+    ln -sfn "/usr/lib/uml/modules/$kver" "$root/usr/lib/modules/$kver"
+    install -m 755 "$root/usr/bin/linux.uml" "$out"
+    patchelf --set-interpreter "$root/lib64/ld-linux-x86-64.so.2" \
+        --set-rpath "$root/lib/x86_64-linux-gnu:$root/usr/lib/x86_64-linux-gnu" "$out" ||
+        die "patchelf $out failed"
+}
+
+make_release_tree() {
+    local release=$1 dir staging
+    dir=$(release_dir "$release")
+    staging=$dir/.staging
+    rm -rf "$staging"
+    mkdir -p "$staging"
+    log "making the $release tree in $dir (debootstrap, once)"
+    debootstrap --variant=minbase --include="$release_base_packages" "$release" \
+        "$staging/root" "$(host_debian_mirror)" >"$staging/debootstrap.log" 2>&1 ||
+        { tail -n 20 "$staging/debootstrap.log" >&2; die "debootstrap $release failed"; }
+    install_release_packages "$staging/root"
+    rm -rf "$dir/root" "$dir/linux.uml"
+    mv "$staging/root" "$dir/root"
+    rm -rf "$staging"
+    prepare_release_kernel "$dir/root" "$dir/linux.uml"
+    touch "$dir/.complete"
+}
+
+ensure_release_tree() {
+    local release=$1 dir lock_fd
+    dir=$(release_dir "$release")
+    [[ -e $dir/.complete ]] && return 0
+    mkdir -p "$dir"
+    exec {lock_fd}>"$dir/.lock"
+    # Concurrent first runs: one makes the tree, the others wait for it.
+    flock -w 1200 "$lock_fd" || die "timed out waiting for $dir/.lock"
+    [[ -e $dir/.complete ]] || make_release_tree "$release"
+    exec {lock_fd}>&-
+}
