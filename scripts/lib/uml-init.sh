@@ -97,10 +97,8 @@ load_tls_modules() {
     # The AEADs: modules in 6.1, built in or renamed in later kernels (7.x
     # has no ghash-generic or chacha_generic); kTLS needs them either way, and
     # --selftest checks every cipher.
-    local module
-    for module in "${guest_modules[@]}"; do
-        "$run_dir/modprobe" -q "$module" || log "no module $module in this kernel"
-    done
+    "$run_dir/modprobe" -a -q "${guest_modules[@]}" ||
+        log "not all of ${guest_modules[*]} are modules in this kernel"
     local ulps
     ulps=$(cat /proc/sys/net/ipv4/tcp_available_ulp)
     [[ " $ulps " == *" tls "* ]] ||
