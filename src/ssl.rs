@@ -513,7 +513,7 @@ pub unsafe fn sendfile(
         }
 
         if n == 0 {
-            return Err(sendfile_truncated(c, file));
+            return Err(sendfile_truncated(c, file, "SSL_sendfile"));
         }
 
         let (sslerr, err) = write_error(c, n as c_int, Call::Sendfile);
@@ -547,18 +547,24 @@ pub unsafe fn sendfile_sent(c: *mut ngx_connection_t, n: usize) -> Result<Io, Fa
 }
 
 /// A sendfile that sent nothing from `file`'s position: the file was
-/// truncated under it, as nginx reports that.
+/// truncated under it, reported as nginx reports it for `call` (its
+/// `SSL_sendfile()` path, or its thread path's `sendfile()`).
 ///
 /// # Safety
 /// `c` must be a live connection and `file` a live buffer in a file.
-pub unsafe fn sendfile_truncated(c: *mut ngx_connection_t, file: *const ngx_buf_t) -> Fatal {
+pub unsafe fn sendfile_truncated(
+    c: *mut ngx_connection_t,
+    file: *const ngx_buf_t,
+    call: &str,
+) -> Fatal {
     // SAFETY: forwarded from the caller; nginx's file names end in NUL.
     unsafe {
         let name = CStr::from_ptr((*(*file).file).name.data as *const c_char);
         log_error!(
             NGX_LOG_ALERT,
             (*c).log,
-            "SSL_sendfile() reported that \"{}\" was truncated at {}",
+            "{}() reported that \"{}\" was truncated at {}",
+            call,
             name.to_string_lossy(),
             (*file).file_pos
         );

@@ -537,7 +537,7 @@ unsafe fn collect_sendfile(
             return Err(Fatal);
         }
         if n == 0 {
-            return Err(ssl::sendfile_truncated(c, b));
+            return Err(ssl::sendfile_truncated(c, b, "sendfile"));
         }
         debug!((*c).log, "SSL_sendfile: {}", n);
         ssl::sendfile_sent(c, n as usize)?;

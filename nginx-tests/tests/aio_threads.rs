@@ -45,6 +45,28 @@ fn assert_tasks(what: &str, srv: &Nginx, connection: u64, kind: &str) {
     );
 }
 
+/// How many of the module's thread tasks completed so far (debug log).
+fn tasks_done(srv: &Nginx) -> usize {
+    srv.error_log()
+        .lines()
+        .filter(|l| l.contains(" ktls thread: task #") && l.contains(" done: "))
+        .count()
+}
+
+/// Waits (bounded) until `n` more of the module's tasks completed than `before`: the
+/// download under test is under way.
+#[track_caller]
+fn wait_for_tasks(srv: &Nginx, before: usize, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tasks_done(srv) < before + n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no thread task completed"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Drops the page cache where that is possible (as root under kTLS), so that reads miss it.
 fn cold() {
     if SlowDisk::available() {
@@ -400,8 +422,9 @@ fn client_goes_away_while_a_thread_works() {
     for (path, h2) in [("/slow/big?h1", false), ("/slow/big?h2", true)] {
         SlowDisk::drop_caches();
         let opts = ClientOpts::new(TlsVersion::Tls13).rcvbuf(16 * 1024);
+        let done_before = tasks_done(&s.srv);
         let (socket, t) = download_in_background(s.srv.port(Ktls::On), path, h2, opts);
-        thread::sleep(Duration::from_millis(700));
+        wait_for_tasks(&s.srv, done_before, 2, path);
         socket.shutdown(std::net::Shutdown::Both).expect("shutdown");
         assert!(
             t.join().expect("the download").is_none(),
@@ -432,8 +455,11 @@ fn file_truncated_while_a_thread_works() {
         // At 2 MB/s, well short of the cut when the file shrinks.
         let uri = format!("/limited/{rel}");
         let opts = ClientOpts::new(TlsVersion::Tls13);
+        let done_before = tasks_done(&s.srv);
         let (_socket, t) = download_in_background(s.srv.port(Ktls::On), &uri, h2, opts);
-        thread::sleep(Duration::from_millis(500));
+        // Truncate once threads work for this download (a slow start must not let the request
+        // arrive after the truncation).
+        wait_for_tasks(&s.srv, done_before, 2, rel);
         OpenOptions::new()
             .write(true)
             .open(&path)
@@ -451,6 +477,19 @@ fn file_truncated_while_a_thread_works() {
                 .any(|l| l.contains(" [alert] ") && l.contains(&p)),
             "{rel}: no alert naming {p}"
         );
+        if module_threads(Ktls::On) {
+            // The thread's sendfile() (HTTP/1.1), or its read into the buffer (HTTP/2's frames).
+            let want = if h2 {
+                "preadv() read only "
+            } else {
+                "sendfile() reported that "
+            };
+            assert!(
+                log.lines()
+                    .any(|l| l.contains(" [alert] ") && l.contains(want) && l.contains(&p)),
+                "{rel}: no alert \"{want}...{p}...\""
+            );
+        }
         s.assert_still_serving(rel);
     }
     s.srv.finish_allowing(&["/slow-aio-truncate/t-"]);
@@ -471,7 +510,7 @@ fn graceful_quit_during_a_cold_transfer() {
         let r = c.get("/slow/big?quit").expect("download across the quit");
         assert_body("download across the quit", &want, &r.body);
     });
-    thread::sleep(Duration::from_millis(500));
+    wait_for_tasks(&s.srv, 0, 2, "download across the quit");
     let SlowServer { disk, mut srv, .. } = s;
     assert!(srv.quit(Duration::from_secs(90)), "nginx did not quit");
     download.join().expect("the download");
