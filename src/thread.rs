@@ -343,7 +343,12 @@ unsafe fn start(
         (*ctx).file = file;
         (*ctx).buf = buf;
         (*ctx).stage = Stage::Waiting;
-        post(c, task)
+        let posted = post(c, task);
+        if posted.is_err() {
+            // The request fails; nothing is left for busy() to post again.
+            (*ctx).stage = Stage::Idle;
+        }
+        posted
     }
 }
 
