@@ -260,12 +260,13 @@ fn slow_server_with(
     let small = pseudo_random(90, 2000);
     let d = disk.path().display();
     let srv = Setup::new(name)
-        .main("thread_pool two threads=2;")
+        .main("thread_pool two threads=2;\nthread_pool tiny threads=1 max_queue=1;")
         .http("send_timeout 20s;")
         .http(http)
         .server(&format!(
             "location /slow/ {{\n    alias {d}/;\n    aio threads;\n}}\n\
              location /two/ {{\n    alias {d}/;\n    aio threads=two;\n}}\n\
+             location /tiny/ {{\n    alias {d}/;\n    aio threads=tiny;\n}}\n\
              location /limited/ {{\n    alias {d}/;\n    aio threads;\n    limit_rate 2m;\n}}\n\
              location /sync/ {{\n    alias {d}/;\n}}"
         ))
@@ -560,5 +561,60 @@ fn twenty_cold_downloads_on_two_threads() {
         .filter(Result::is_err)
         .count();
     assert_eq!(failed, 0, "downloads failed (messages above)");
+    s.srv.finish();
+}
+
+#[test]
+fn full_thread_queue_fails_only_those_requests() {
+    let files: Vec<Vec<u8>> = (0..8).map(|i| pseudo_random(130 + i, 2 << 20)).collect();
+    let named: Vec<(String, &[u8])> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (format!("q{i}"), f.as_slice()))
+        .collect();
+    let refs: Vec<(&str, &[u8])> = named.iter().map(|(n, f)| (n.as_str(), *f)).collect();
+    let Some(s) = slow_server("aio-queue", 100, &refs) else {
+        return;
+    };
+    SlowDisk::drop_caches();
+    let port = s.srv.port(Ktls::On);
+    // One thread and a queue of one: most of these find the queue full.
+    let clients: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let want = f.clone();
+            thread::spawn(move || {
+                let opts = ClientOpts::new(TlsVersion::Tls13);
+                let mut c = H1::new(TlsConn::connect(port, &opts).expect("connect"));
+                // A failed request ends its connection; a served one is byte-exact.
+                if let Ok(r) = c.get(&format!("/tiny/q{i}")) {
+                    assert_body(&format!("/tiny/q{i}"), &want, &r.body);
+                    true
+                } else {
+                    false
+                }
+            })
+        })
+        .collect();
+    let served = clients
+        .into_iter()
+        .map(|c| c.join().expect("a client panicked"))
+        .filter(|&ok| ok)
+        .count();
+    let log = s.srv.error_log();
+    let overflows = log
+        .lines()
+        .filter(|l| l.contains(" [error] ") && l.contains("thread pool \"tiny\" queue overflow"))
+        .count();
+    assert!(
+        overflows > 0,
+        "no queue overflow with 8 downloads on one thread (served {served})"
+    );
+    assert!(
+        served < 8,
+        "{overflows} overflows, yet every download was served"
+    );
+    s.assert_still_serving("queue-overflow");
     s.srv.finish();
 }
