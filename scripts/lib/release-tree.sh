@@ -10,6 +10,16 @@
 readonly release_packages=(nginx nginx-dev user-mode-linux curl nghttp2-client dmsetup e2fsprogs)
 readonly release_base_packages=kmod,iproute2,procps,openssl,ca-certificates
 
+# What a tree needs on the host: debootstrap to make it, patchelf for its
+# kernel (linked against a newer glibc than the host's).
+ensure_release_tools() {
+    command -v debootstrap >/dev/null && command -v patchelf >/dev/null && return 0
+    log "installing debootstrap and patchelf"
+    { apt-get install -y -q debootstrap patchelf || { apt-get update -q &&
+        apt-get install -y -q debootstrap patchelf; }; } >/dev/null 2>&1 ||
+        die "cannot install debootstrap and patchelf"
+}
+
 release_dir() {
     echo "$repo_root/target/releases/$1"
 }
@@ -76,6 +86,7 @@ ensure_release_tree() {
     local release=$1 dir lock_fd
     dir=$(release_dir "$release")
     [[ -e $dir/.complete ]] && return 0
+    ensure_release_tools
     mkdir -p "$dir"
     exec {lock_fd}>"$dir/.lock"
     # Concurrent first runs: one makes the tree, the others wait for it.
