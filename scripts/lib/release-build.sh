@@ -9,15 +9,14 @@ readonly release_build_packages=(build-essential pkg-config libclang-dev libssl-
 
 # The host directories the build uses, at the same paths inside the tree: the
 # repository (sources and output) and the Rust toolchain with its crates.
-release_build_mounts() {
-    echo "$REPO" "$HOME/.cargo" "$HOME/.rustup"
-}
+readonly release_cargo_home=${CARGO_HOME:-$HOME/.cargo}
+readonly release_build_dirs=("$REPO" "$release_cargo_home" "${RUSTUP_HOME:-$HOME/.rustup}")
 
 mount_build_dirs() {
     local root=$1 dir
     mount -t proc proc "$root/proc"
     mount --bind /dev "$root/dev"
-    for dir in $(release_build_mounts); do
+    for dir in "${release_build_dirs[@]}"; do
         mkdir -p "$root$dir"
         mount --bind "$dir" "$root$dir"
     done
@@ -25,7 +24,7 @@ mount_build_dirs() {
 
 unmount_build_dirs() {
     local root=$1 dir
-    for dir in $(release_build_mounts); do
+    for dir in "${release_build_dirs[@]}"; do
         umount "$root$dir" 2>/dev/null || true
     done
     umount "$root/dev" 2>/dev/null || true
@@ -45,14 +44,15 @@ install_release_build_deps() {
 # Runs nginx's configure (once) and make modules inside the tree.
 run_release_build() {
     local root=$1 tree=$2
-    local script="set -e; export PATH=$HOME/.cargo/bin:\$PATH
+    local script="set -e; export PATH=$release_cargo_home/bin:\$PATH
         if [ ! -f $tree/objs/Makefile ]; then
             rm -rf $tree; mkdir -p ${tree%/*}; cp -r /usr/share/nginx/src $tree
             cd $tree; . ./conf_flags
             ./configure \"\${NGX_CONF_FLAGS[@]}\" --add-dynamic-module=$REPO >configure.log 2>&1
         fi
         cd $tree; make -f objs/Makefile modules >make.log 2>&1"
-    chroot "$root" env HOME="$HOME" bash -c "$script"
+    chroot "$root" env HOME="$HOME" CARGO_HOME="$release_cargo_home" \
+        RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" bash -c "$script"
 }
 
 # build_release_module RELEASE: target/ktls/debian-RELEASE/ngx_http_ktls_module.so
