@@ -223,6 +223,20 @@ struct SlowServer {
     small: Vec<u8>,
 }
 
+/// `n` files of 2 MiB named PREFIX0, PREFIX1, ...
+fn numbered_files(prefix: &str, seed: u64, n: u64) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (format!("{prefix}{i}"), pseudo_random(seed + i, 2 << 20)))
+        .collect()
+}
+
+fn as_refs(files: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+    files
+        .iter()
+        .map(|(n, f)| (n.as_str(), f.as_slice()))
+        .collect()
+}
+
 impl SlowServer {
     /// The worker goes on serving after a fault on another connection.
     #[track_caller]
@@ -521,14 +535,8 @@ fn graceful_quit_during_a_cold_transfer() {
 
 #[test]
 fn twenty_cold_downloads_on_two_threads() {
-    let files: Vec<Vec<u8>> = (0..20).map(|i| pseudo_random(100 + i, 2 << 20)).collect();
-    let named: Vec<(String, &[u8])> = files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (format!("f{i}"), f.as_slice()))
-        .collect();
-    let refs: Vec<(&str, &[u8])> = named.iter().map(|(n, f)| (n.as_str(), *f)).collect();
-    let Some(s) = slow_server("aio-many", 20, &refs) else {
+    let files = numbered_files("f", 100, 20);
+    let Some(s) = slow_server("aio-many", 20, &as_refs(&files)) else {
         return;
     };
     SlowDisk::drop_caches();
@@ -536,11 +544,11 @@ fn twenty_cold_downloads_on_two_threads() {
     let clients: Vec<_> = files
         .iter()
         .enumerate()
-        .map(|(i, f)| {
+        .map(|(i, (name, f))| {
             let want = f.clone();
+            let path = format!("/two/{name}");
             thread::spawn(move || {
                 let opts = ClientOpts::new(TlsVersion::Tls13);
-                let path = format!("/two/f{i}");
                 let body = if i % 2 == 0 {
                     let mut c = H1::new(TlsConn::connect(port, &opts).expect("connect"));
                     c.get(&path).expect("download").body
@@ -566,14 +574,8 @@ fn twenty_cold_downloads_on_two_threads() {
 
 #[test]
 fn full_thread_queue_fails_only_those_requests() {
-    let files: Vec<Vec<u8>> = (0..8).map(|i| pseudo_random(130 + i, 2 << 20)).collect();
-    let named: Vec<(String, &[u8])> = files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (format!("q{i}"), f.as_slice()))
-        .collect();
-    let refs: Vec<(&str, &[u8])> = named.iter().map(|(n, f)| (n.as_str(), *f)).collect();
-    let Some(s) = slow_server("aio-queue", 100, &refs) else {
+    let files = numbered_files("q", 130, 8);
+    let Some(s) = slow_server("aio-queue", 100, &as_refs(&files)) else {
         return;
     };
     SlowDisk::drop_caches();
@@ -581,15 +583,15 @@ fn full_thread_queue_fails_only_those_requests() {
     // One thread and a queue of one: most of these find the queue full.
     let clients: Vec<_> = files
         .iter()
-        .enumerate()
-        .map(|(i, f)| {
+        .map(|(name, f)| {
             let want = f.clone();
+            let path = format!("/tiny/{name}");
             thread::spawn(move || {
                 let opts = ClientOpts::new(TlsVersion::Tls13);
                 let mut c = H1::new(TlsConn::connect(port, &opts).expect("connect"));
                 // A failed request ends its connection; a served one is byte-exact.
-                if let Ok(r) = c.get(&format!("/tiny/q{i}")) {
-                    assert_body(&format!("/tiny/q{i}"), &want, &r.body);
+                if let Ok(r) = c.get(&path) {
+                    assert_body(&path, &want, &r.body);
                     true
                 } else {
                     false
