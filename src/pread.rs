@@ -61,7 +61,7 @@ pub unsafe fn read_parts(fd: c_int, base: *mut u8, parts: &[Part], flags: c_int)
             v.iov_base = unsafe { base.add(part.at) }.cast();
             v.iov_len = part.len;
         }
-        let want: usize = run.iter().map(|p| p.len).sum();
+        let want = total(run);
         let offset = run[0].offset;
         let n = loop {
             // SAFETY: the iovecs point into the buffer; fd is open.

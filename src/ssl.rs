@@ -474,7 +474,7 @@ pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) ->
 ///
 /// # Safety
 /// `c` must be a live connection.
-pub unsafe fn push_pending_frames(c: *mut ngx_connection_t) {
+unsafe fn push_pending_frames(c: *mut ngx_connection_t) {
     // SAFETY: c is a live connection with a socket.
     unsafe {
         if ngx_tcp_push((*c).fd) == -1 {
@@ -519,16 +519,26 @@ pub unsafe fn sendfile(
         let (sslerr, err) = write_error(c, n as c_int, Call::Sendfile);
 
         match sslerr {
-            SSL_ERROR_WANT_WRITE => {
-                push_pending_frames(c);
-                wait_writable(c)
-            }
+            SSL_ERROR_WANT_WRITE => sendfile_wait_writable(c),
             SSL_ERROR_WANT_READ => {
                 debug!((*c).log, "SSL_sendfile: want read");
                 wait_readable(c)
             }
             _ => Err(fail(c, sslerr, err, c"SSL_sendfile() failed")),
         }
+    }
+}
+
+/// A sendfile that ran out of socket space: the queued partial segment is
+/// pushed, then the write waits for the socket.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+pub unsafe fn sendfile_wait_writable(c: *mut ngx_connection_t) -> Result<Io, Fatal> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        push_pending_frames(c);
+        wait_writable(c)
     }
 }
 

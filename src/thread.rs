@@ -327,17 +327,17 @@ pub unsafe fn busy(c: *mut ngx_connection_t) -> Result<bool, Fatal> {
 /// Prepares a job on the connection's task and posts it.
 ///
 /// # Safety
-/// `c` must be a live TLS connection, `file` a live file of one of its
-/// requests with a thread handler.
+/// `c` must be a live TLS connection, `task` its task (from [`task_for`]),
+/// `file` a live file of one of its requests with a thread handler.
 unsafe fn start(
     c: *mut ngx_connection_t,
+    task: *mut ngx_thread_task_t,
     file: *mut ngx_file_t,
     buf: *mut ngx_buf_t,
     job: Job,
 ) -> Result<(), Fatal> {
     // SAFETY: forwarded from the caller.
     unsafe {
-        let task = task_for(c)?;
         let ctx = ctx(task);
         (*ctx).work.job = job;
         (*ctx).file = file;
@@ -382,7 +382,7 @@ pub unsafe fn read(
             base,
             nparts: parts.len(),
         };
-        start(c, file, ptr::null_mut(), job)?;
+        start(c, task, file, ptr::null_mut(), job)?;
         hold_stream(c, ctx(task), file);
         Ok(Read::Offloaded)
     }
@@ -450,7 +450,7 @@ pub unsafe fn sendfile(
             offset: (*b).file_pos,
             size,
         };
-        start(c, file, b, job)?;
+        start(c, task_for(c)?, file, b, job)?;
         Ok(Io::Offloaded)
     }
 }
@@ -523,13 +523,11 @@ unsafe fn collect_sendfile(
             if err != libc::EAGAIN {
                 return Err(ssl::fail(c, SSL_ERROR_SYSCALL, err, c"sendfile() failed"));
             }
-            ssl::push_pending_frames(c);
-            let wev = (*c).write;
-            if (*wev).complete() != 0 {
+            if (*(*c).write).complete() != 0 {
                 // The socket was writable again before the task was done.
                 return Ok(Collected::Nothing);
             }
-            (*wev).set_ready(0);
+            ssl::sendfile_wait_writable(c)?;
             return Ok(Collected::Again);
         }
         let b = (*ctx).buf;
