@@ -11,6 +11,7 @@
 mod conf;
 mod error_level;
 mod plan;
+mod rekey;
 
 // The layer that talks to nginx and OpenSSL.  Unit tests run without nginx,
 // whose symbols it needs, so it is built for the module only.
@@ -22,6 +23,8 @@ mod log;
 mod chain;
 #[cfg(not(test))]
 mod kernel;
+#[cfg(not(test))]
+mod key_update;
 #[cfg(not(test))]
 mod module;
 #[cfg(not(test))]

@@ -316,13 +316,25 @@ unsafe fn wait_writable(c: *mut ngx_connection_t) -> Result<Io, Fatal> {
 /// # Safety
 /// `c` must be a live TLS connection.
 pub unsafe fn fail(c: *mut ngx_connection_t, sslerr: u32, err: i32, text: &CStr) -> Fatal {
-    // SAFETY: as for restore_read_handler().
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        abandon(c);
+        connection_error(c, sslerr, err, text);
+    }
+    Fatal
+}
+
+/// The connection cannot be written to any more: no close_notify either.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+pub unsafe fn abandon(c: *mut ngx_connection_t) -> Fatal {
+    // SAFETY: the caller guarantees a live TLS connection.
     unsafe {
         let ssl = (*c).ssl;
         (*ssl).set_no_wait_shutdown(1);
         (*ssl).set_no_send_shutdown(1);
         (*(*c).write).set_error(1);
-        connection_error(c, sslerr, err, text);
     }
     Fatal
 }

@@ -29,11 +29,16 @@ static EX_INDEX: AtomicI32 = AtomicI32::new(-1);
 
 /// Reserves the ex_data slot; once per process, at configuration time.
 pub fn init() -> Result<(), ()> {
-    if EX_INDEX.load(Ordering::Relaxed) >= 0 {
-        return Ok(());
+    if EX_INDEX.load(Ordering::Relaxed) < 0 {
+        EX_INDEX.store(new_ex_index()?, Ordering::Relaxed);
     }
-    // SAFETY: SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL) is this call;
-    // no callbacks, since the state lives in the connection's pool.
+    Ok(())
+}
+
+/// A new ex_data slot of OpenSSL connections, without callbacks: what the
+/// module keeps there lives in the connection's pool, or is a plain value.
+pub fn new_ex_index() -> Result<c_int, ()> {
+    // SAFETY: SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL) is this call.
     let index = unsafe {
         CRYPTO_get_ex_new_index(
             CRYPTO_EX_INDEX_SSL as c_int,
@@ -47,8 +52,7 @@ pub fn init() -> Result<(), ()> {
     if index < 0 {
         return Err(());
     }
-    EX_INDEX.store(index, Ordering::Relaxed);
-    Ok(())
+    Ok(index)
 }
 
 /// The state of `ssl`, if the module has taken the connection over.

@@ -14,7 +14,7 @@ use ngx::http::HttpModuleServerConf;
 use crate::chain::{NgxChain, Tls};
 use crate::module::HttpKtlsModule;
 use crate::plan::{self, Fatal, Io, SendBuf};
-use crate::{kernel, ssl, state};
+use crate::{kernel, key_update, ssl, state};
 
 /// The header filter after ours.
 pub static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
@@ -144,6 +144,10 @@ unsafe extern "C" fn send(c: *mut ngx_connection_t, buf: *mut u_char, size: usiz
     if size == 0 {
         return 0;
     }
+    // SAFETY: nginx passes a live TLS connection.
+    if unsafe { key_update::check(c) }.is_err() {
+        return NGX_ERROR as isize;
+    }
     #[cfg(ngx_feature = "threads")]
     // SAFETY: nginx passes a live TLS connection.
     match unsafe { crate::thread::busy(c) } {
@@ -168,6 +172,9 @@ unsafe extern "C" fn send_chain(
     // SAFETY: nginx passes a live TLS connection and chain; the TLS buffer
     // is the connection's, allocated from its pool as nginx does.
     unsafe {
+        if key_update::check(c).is_err() {
+            return CHAIN_ERROR;
+        }
         let ssl = (*c).ssl;
         let size = (*ssl).buffer_size;
 

@@ -54,6 +54,9 @@ pub fn get(path: &str, extra_headers: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra_headers}\r\n").into_bytes()
 }
 
+/// Something to do on the connection once a number of bytes has been read.
+type Hook = (usize, Box<dyn FnOnce(&mut TlsConn) -> io::Result<()>>);
+
 /// An HTTP/1.1 connection; keeps bytes read past one response for the next (keep-alive).
 pub struct H1 {
     pub conn: TlsConn,
@@ -61,6 +64,8 @@ pub struct H1 {
     pub pace: Pace,
     since_pause: usize,
     scratch: Vec<u8>,
+    read: usize,
+    hook: Option<Hook>,
 }
 
 impl H1 {
@@ -71,7 +76,19 @@ impl H1 {
             pace: Pace::FAST,
             since_pause: 0,
             scratch: Vec::new(),
+            read: 0,
+            hook: None,
         }
+    }
+
+    /// Runs `f` on the connection as soon as `bytes` more have been read (in the middle of a
+    /// response, when a response is being read).
+    pub fn after_reading(
+        &mut self,
+        bytes: usize,
+        f: impl FnOnce(&mut TlsConn) -> io::Result<()> + 'static,
+    ) {
+        self.hook = Some((self.read + bytes, Box::new(f)));
     }
 
     /// Sends `GET path` and reads the response.
@@ -95,6 +112,11 @@ impl H1 {
         };
         self.buf.extend_from_slice(&self.scratch[..n]);
         self.since_pause += n;
+        self.read += n;
+        if self.hook.as_ref().is_some_and(|(at, _)| self.read >= *at) {
+            let (_, f) = self.hook.take().expect("hook");
+            f(&mut self.conn)?;
+        }
         Ok(n)
     }
 

@@ -115,99 +115,145 @@ fn decode_status(block: &[u8]) -> Option<u16> {
 
 /// Sends `GET` for every path on its own stream at once, then reads until every stream ended.
 pub fn get_concurrent(conn: &mut TlsConn, paths: &[&str]) -> io::Result<Vec<H2Response>> {
-    let alpn = conn
-        .stream
-        .ssl()
-        .selected_alpn_protocol()
-        .map(<[u8]>::to_vec);
-    if alpn.as_deref() != Some(b"h2") {
-        return Err(io::Error::other(format!(
-            "ALPN h2 not negotiated: {alpn:?}"
-        )));
-    }
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    let mut settings = Vec::new();
-    settings.extend_from_slice(&2u16.to_be_bytes()); // ENABLE_PUSH
-    settings.extend_from_slice(&0u32.to_be_bytes());
-    settings.extend_from_slice(&4u16.to_be_bytes()); // INITIAL_WINDOW_SIZE
-    settings.extend_from_slice(&MAX_WINDOW.to_be_bytes());
-    out.extend(frame(SETTINGS, 0, 0, &settings));
-    out.extend(frame(
-        WINDOW_UPDATE,
-        0,
-        0,
-        &(MAX_WINDOW - 65535).to_be_bytes(),
-    ));
-    let mut streams: BTreeMap<u32, (H2Response, bool)> = BTreeMap::new();
-    for (n, path) in paths.iter().enumerate() {
-        let id = 1 + 2 * n as u32;
-        out.extend(frame(
-            HEADERS,
-            END_STREAM | END_HEADERS,
-            id,
-            &request_block(path),
-        ));
-        streams.insert(id, (H2Response::default(), false));
-    }
-    conn.send(&out)?;
-    while streams.values().any(|(_, done)| !done) {
-        let mut head = [0u8; 9];
-        conn.stream.read_exact(&mut head)?;
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let (kind, flags) = (head[3], head[4]);
-        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        let mut payload = vec![0; len];
-        conn.stream.read_exact(&mut payload)?;
-        let unpadded = |p: &[u8]| -> io::Result<Vec<u8>> {
-            if flags & PADDED == 0 {
-                return Ok(p.to_vec());
-            }
-            let pad = *p
-                .first()
-                .ok_or_else(|| io::Error::other("empty padded frame"))?
-                as usize;
-            p.get(1..p.len().saturating_sub(pad))
-                .map(<[u8]>::to_vec)
-                .ok_or_else(|| io::Error::other("bad padding"))
-        };
-        match kind {
-            DATA | HEADERS => {
-                let (resp, done) = streams.get_mut(&id).ok_or_else(|| {
-                    io::Error::other(format!("frame type {kind} on unknown stream {id}"))
-                })?;
-                let mut p = unpadded(&payload)?;
-                if kind == DATA {
-                    resp.body.extend_from_slice(&p);
-                } else if resp.status == 0 {
-                    if flags & PRIORITY != 0 {
-                        p.drain(..5.min(p.len()));
-                    }
-                    resp.status = decode_status(&p).ok_or_else(|| {
-                        io::Error::other(format!("no :status in header block {p:02x?}"))
-                    })?;
-                }
-                // CONTINUATION frames (a block over 16 KiB) carry no :status and are skipped.
-                if flags & END_STREAM != 0 {
-                    *done = true;
-                }
-            }
-            SETTINGS if flags & ACK == 0 => conn.send(&frame(SETTINGS, ACK, 0, &[]))?,
-            PING if flags & ACK == 0 => conn.send(&frame(PING, ACK, 0, &payload))?,
-            GOAWAY => {
-                return Err(io::Error::other(format!(
-                    "GOAWAY from the server: {:02x?}",
-                    &payload[..payload.len().min(8)]
-                )));
-            }
-            RST_STREAM => {
-                return Err(io::Error::other(format!(
-                    "RST_STREAM on stream {id}: {payload:02x?}"
-                )))
-            }
-            _ => {}
+    H2::open(conn)?.get(paths)
+}
+
+/// An HTTP/2 connection: the preface goes out once, then any number of [`H2::get`]s.
+pub struct H2<'a> {
+    conn: &'a mut TlsConn,
+    next_stream: u32,
+}
+
+impl<'a> H2<'a> {
+    /// Checks ALPN and sends the preface: the client's SETTINGS and the largest windows.
+    pub fn open(conn: &'a mut TlsConn) -> io::Result<H2<'a>> {
+        let alpn = conn
+            .stream
+            .ssl()
+            .selected_alpn_protocol()
+            .map(<[u8]>::to_vec);
+        if alpn.as_deref() != Some(b"h2") {
+            return Err(io::Error::other(format!(
+                "ALPN h2 not negotiated: {alpn:?}"
+            )));
         }
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let mut settings = Vec::new();
+        settings.extend_from_slice(&2u16.to_be_bytes()); // ENABLE_PUSH
+        settings.extend_from_slice(&0u32.to_be_bytes());
+        settings.extend_from_slice(&4u16.to_be_bytes()); // INITIAL_WINDOW_SIZE
+        settings.extend_from_slice(&MAX_WINDOW.to_be_bytes());
+        out.extend(frame(SETTINGS, 0, 0, &settings));
+        out.extend(frame(
+            WINDOW_UPDATE,
+            0,
+            0,
+            &(MAX_WINDOW - 65535).to_be_bytes(),
+        ));
+        conn.send(&out)?;
+        Ok(H2 {
+            conn,
+            next_stream: 1,
+        })
     }
-    Ok(streams.into_values().map(|(r, _)| r).collect())
+
+    /// The connection under the streams.
+    pub fn conn(&mut self) -> &mut TlsConn {
+        self.conn
+    }
+
+    /// `GET` for every path on its own stream at once; returns when every stream ended.
+    pub fn get(&mut self, paths: &[&str]) -> io::Result<Vec<H2Response>> {
+        self.get_watching(paths, |_, _| Ok(()))
+    }
+
+    /// Like [`H2::get`], calling `on_data` with the connection and the body bytes received so
+    /// far (all streams) after every DATA frame.
+    pub fn get_watching(
+        &mut self,
+        paths: &[&str],
+        mut on_data: impl FnMut(&mut TlsConn, usize) -> io::Result<()>,
+    ) -> io::Result<Vec<H2Response>> {
+        let mut out = Vec::new();
+        let mut streams: BTreeMap<u32, (H2Response, bool)> = BTreeMap::new();
+        for path in paths {
+            let id = self.next_stream;
+            self.next_stream += 2;
+            out.extend(frame(
+                HEADERS,
+                END_STREAM | END_HEADERS,
+                id,
+                &request_block(path),
+            ));
+            streams.insert(id, (H2Response::default(), false));
+        }
+        self.conn.send(&out)?;
+        let mut received = 0;
+        while streams.values().any(|(_, done)| !done) {
+            let conn = &mut *self.conn;
+            let mut head = [0u8; 9];
+            conn.stream.read_exact(&mut head)?;
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0; len];
+            conn.stream.read_exact(&mut payload)?;
+            let unpadded = |p: &[u8]| -> io::Result<Vec<u8>> {
+                if flags & PADDED == 0 {
+                    return Ok(p.to_vec());
+                }
+                let pad = *p
+                    .first()
+                    .ok_or_else(|| io::Error::other("empty padded frame"))?
+                    as usize;
+                p.get(1..p.len().saturating_sub(pad))
+                    .map(<[u8]>::to_vec)
+                    .ok_or_else(|| io::Error::other("bad padding"))
+            };
+            match kind {
+                DATA | HEADERS => {
+                    let (resp, done) = streams.get_mut(&id).ok_or_else(|| {
+                        io::Error::other(format!("frame type {kind} on unknown stream {id}"))
+                    })?;
+                    let mut p = unpadded(&payload)?;
+                    if kind == DATA {
+                        resp.body.extend_from_slice(&p);
+                        received += p.len();
+                    } else if resp.status == 0 {
+                        if flags & PRIORITY != 0 {
+                            p.drain(..5.min(p.len()));
+                        }
+                        resp.status = decode_status(&p).ok_or_else(|| {
+                            io::Error::other(format!("no :status in header block {p:02x?}"))
+                        })?;
+                    }
+                    // CONTINUATION frames (a block over 16 KiB) carry no :status and are
+                    // skipped.
+                    if flags & END_STREAM != 0 {
+                        *done = true;
+                    }
+                    if kind == DATA {
+                        on_data(conn, received)?;
+                    }
+                }
+                SETTINGS if flags & ACK == 0 => conn.send(&frame(SETTINGS, ACK, 0, &[]))?,
+                PING if flags & ACK == 0 => conn.send(&frame(PING, ACK, 0, &payload))?,
+                GOAWAY => {
+                    return Err(io::Error::other(format!(
+                        "GOAWAY from the server: {:02x?}",
+                        &payload[..payload.len().min(8)]
+                    )));
+                }
+                RST_STREAM => {
+                    return Err(io::Error::other(format!(
+                        "RST_STREAM on stream {id}: {payload:02x?}"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(streams.into_values().map(|(r, _)| r).collect())
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! buffer size, ALPN, session resumption and TLS 1.3 early data.
 
 use crate::config::expect_kernel;
+use foreign_types::ForeignTypeRef;
 use openssl::ssl::{
     Ssl, SslContext, SslMethod, SslSession, SslSessionCacheMode, SslStream, SslVerifyMode,
     SslVersion,
@@ -120,6 +121,11 @@ impl ClientOpts {
     }
 }
 
+extern "C" {
+    // libssl's, not wrapped by openssl-sys.
+    fn SSL_key_update(s: *mut openssl_sys::SSL, updatetype: std::ffi::c_int) -> std::ffi::c_int;
+}
+
 /// An established TLS connection.
 pub struct TlsConn {
     pub stream: SslStream<TcpStream>,
@@ -190,6 +196,29 @@ impl TlsConn {
             .current_cipher()
             .map(|c| c.name().to_string())
             .unwrap_or_default()
+    }
+
+    /// Sends a TLS 1.3 KeyUpdate now: the client's sending key moves on, and with `requested`
+    /// the server is asked to move its own.
+    pub fn key_update(&mut self, requested: bool) -> io::Result<()> {
+        // SSL_KEY_UPDATE_REQUESTED, SSL_KEY_UPDATE_NOT_REQUESTED.
+        let kind = if requested { 1 } else { 0 };
+        let ssl = self.stream.ssl().as_ptr();
+        // SAFETY: the stream's live SSL; SSL_do_handshake() writes the KeyUpdate on its
+        // blocking socket.
+        let (queued, sent) = unsafe {
+            (
+                SSL_key_update(ssl, kind),
+                openssl_sys::SSL_do_handshake(ssl),
+            )
+        };
+        if queued != 1 || sent != 1 {
+            return Err(io::Error::other(format!(
+                "SSL_key_update: {queued}, SSL_do_handshake: {sent}: {}",
+                openssl::error::ErrorStack::get()
+            )));
+        }
+        Ok(())
     }
 
     /// Writes all of `data` (bounded by the write timeout).
