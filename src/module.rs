@@ -8,7 +8,7 @@ use nginx_sys::{
     ngx_http_core_main_conf_t, ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_http_ssl_module,
     ngx_http_ssl_srv_conf_t, ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_uint_t,
     SSL_CTX_get_options, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE,
-    NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_WARN, SSL_CTX,
+    NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_WARN,
 };
 use ngx::core::Status;
 use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule};
@@ -93,21 +93,16 @@ impl HttpModule for HttpKtlsModule {
     }
 
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
-        // SAFETY: cf is the configuration being parsed; the kernel check
-        // comes first, the KeyUpdate handling depends on it.
-        unsafe {
-            warn_if_kernel_lacks_tls(cf);
-            if state::init().is_err() || key_update::init().is_err() {
+        if state::init().is_err() {
+            // SAFETY: cf is the configuration being parsed.
+            unsafe {
                 log_error!(
                     NGX_LOG_EMERG,
                     (*cf).log,
                     "ktls: SSL_get_ex_new_index() failed"
-                );
-                return Status::NGX_ERROR.into();
-            }
-            ktls_contexts(cf)
-                .into_iter()
-                .for_each(|ctx| key_update::watch(ctx));
+                )
+            };
+            return Status::NGX_ERROR.into();
         }
 
         // SAFETY: filters are chained at configuration time, single-threaded.
@@ -115,6 +110,10 @@ impl HttpModule for HttpKtlsModule {
             takeover::NEXT_HEADER_FILTER = ngx_http_top_header_filter;
             ngx_http_top_header_filter = Some(takeover::header_filter);
         }
+
+        // SAFETY: cf is the configuration being parsed.
+        unsafe { warn_if_kernel_lacks_tls(cf) };
+        key_update::init();
         Status::NGX_OK.into()
     }
 }
@@ -128,7 +127,7 @@ impl HttpModule for HttpKtlsModule {
 unsafe fn warn_if_kernel_lacks_tls(cf: *mut ngx_conf_t) {
     // SAFETY: after merging, every server's ssl configuration is final.
     unsafe {
-        if ktls_contexts(cf).is_empty() {
+        if !any_server_wants_ktls(cf) {
             return;
         }
         let missing = kernel::tls_ulp_missing();
@@ -144,26 +143,24 @@ unsafe fn warn_if_kernel_lacks_tls(cf: *mut ngx_conf_t) {
     }
 }
 
-/// The SSL contexts of the servers that have OpenSSL's KTLS option on.
+/// Whether any server's SSL context has OpenSSL's KTLS option on.
 ///
 /// # Safety
 /// As for [`warn_if_kernel_lacks_tls`].
-unsafe fn ktls_contexts(cf: *mut ngx_conf_t) -> Vec<*mut SSL_CTX> {
+unsafe fn any_server_wants_ktls(cf: *mut ngx_conf_t) -> bool {
     // SAFETY: the core main configuration lists every server's context.
     unsafe {
         let Some(cmcf) = NgxHttpCoreModule::main_conf(&*cf) else {
-            return Vec::new();
+            return false;
         };
         let cmcf: &ngx_http_core_main_conf_t = cmcf;
         let servers = cmcf.servers.elts as *const *mut ngx_http_core_srv_conf_t;
-        (0..cmcf.servers.nelts)
-            .map(|i| {
-                let cscf = *servers.add(i);
-                let sscf = *(*(*cscf).ctx).srv_conf.add(ngx_http_ssl_module.ctx_index)
-                    as *const ngx_http_ssl_srv_conf_t;
-                (*sscf).ssl.ctx.cast::<SSL_CTX>()
-            })
-            .filter(|&ctx| !ctx.is_null() && SSL_CTX_get_options(ctx) & SSL_OP_ENABLE_KTLS != 0)
-            .collect()
+        (0..cmcf.servers.nelts).any(|i| {
+            let cscf = *servers.add(i);
+            let sscf = *(*(*cscf).ctx).srv_conf.add(ngx_http_ssl_module.ctx_index)
+                as *const ngx_http_ssl_srv_conf_t;
+            let ctx = (*sscf).ssl.ctx;
+            !ctx.is_null() && SSL_CTX_get_options(ctx.cast()) & SSL_OP_ENABLE_KTLS != 0
+        })
     }
 }

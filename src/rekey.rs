@@ -19,8 +19,8 @@ pub struct Rekey {
 }
 
 /// Why nothing more may be written on a connection, if so: kTLS sends for
-/// it, OpenSSL has sent or is about to send a KeyUpdate of its own, and the
-/// new key cannot reach the kernel.
+/// it, OpenSSL has a KeyUpdate of its own to send, and the new key cannot
+/// reach the kernel.
 pub fn stale_key_cause(rekey: Rekey, ktls_tx: bool, own_update: bool) -> Option<&'static str> {
     if !ktls_tx || !own_update {
         return None;

@@ -23,22 +23,19 @@ pub struct ConnState {
     pub ssl_write_pending: bool,
     /// `ktls_sendfile_min_size` of the server that took the connection over.
     pub sendfile_min: u64,
+    /// The connection was ended rather than written with a stale key.
+    pub stale_key: bool,
 }
 
 static EX_INDEX: AtomicI32 = AtomicI32::new(-1);
 
 /// Reserves the ex_data slot; once per process, at configuration time.
 pub fn init() -> Result<(), ()> {
-    if EX_INDEX.load(Ordering::Relaxed) < 0 {
-        EX_INDEX.store(new_ex_index()?, Ordering::Relaxed);
+    if EX_INDEX.load(Ordering::Relaxed) >= 0 {
+        return Ok(());
     }
-    Ok(())
-}
-
-/// A new ex_data slot of OpenSSL connections, without callbacks: what the
-/// module keeps there lives in the connection's pool, or is a plain value.
-pub fn new_ex_index() -> Result<c_int, ()> {
-    // SAFETY: SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL) is this call.
+    // SAFETY: SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL) is this call;
+    // no callbacks, since the state lives in the connection's pool.
     let index = unsafe {
         CRYPTO_get_ex_new_index(
             CRYPTO_EX_INDEX_SSL as c_int,
@@ -52,7 +49,8 @@ pub fn new_ex_index() -> Result<c_int, ()> {
     if index < 0 {
         return Err(());
     }
-    Ok(index)
+    EX_INDEX.store(index, Ordering::Relaxed);
+    Ok(())
 }
 
 /// The state of `ssl`, if the module has taken the connection over.
@@ -93,6 +91,7 @@ pub unsafe fn attach(
             sendfile_bytes: 0,
             ssl_write_pending,
             sendfile_min,
+            stale_key: false,
         });
         if SSL_set_ex_data(ssl, index, state.cast()) != 1 {
             return Err(());

@@ -29,7 +29,7 @@ const BIG: usize = 1 << 20;
 const MIDDLE: usize = 256 * 1024;
 
 /// The module's line when it ends a connection instead of writing with the old key.
-const CLOSED_LINE: &str = "ktls: closing connection after a TLS 1.3 KeyUpdate";
+const CLOSED_LINE: &str = "ktls: closing connection: the client asked for a TLS 1.3 KeyUpdate";
 /// nginx's line when OpenSSL cannot give the kernel the client's new key.
 const READ_FAILS_LINE: &str = "no suitable record layer";
 
