@@ -34,18 +34,28 @@ host_debian_mirror() {
     echo "$mirror"
 }
 
-# Installs the test packages inside the tree. A policy-rc.d keeps package
+# Installs PACKAGES inside the tree ROOT. A policy-rc.d keeps package
 # scripts from starting services: nginx would bind the host's port 80.
-install_release_packages() {
+install_in_release_tree() {
     local root=$1
+    shift
     printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
     chmod 755 "$root/usr/sbin/policy-rc.d"
     mount -t proc proc "$root/proc" || die "cannot mount proc in $root"
     local rc=0
     chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-        --no-install-recommends "${release_packages[@]}" >"$root.apt.log" 2>&1 || rc=$?
+        --no-install-recommends "$@" >"$root.apt.log" 2>&1 || rc=$?
     umount "$root/proc"
     ((rc == 0)) || { tail -n 20 "$root.apt.log" >&2; die "apt-get install in $root failed"; }
+}
+
+# The packages of a release tree that are installed in ROOT already.
+installed_in_release_tree() {
+    local root=$1
+    shift
+    # dpkg-query fails when one of them is unknown to it.
+    { dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Package} ${Status}\n' "$@" 2>/dev/null ||
+        true; } | awk '$NF == "installed" { print $1 }'
 }
 
 # The release's linux.uml, with the loader and libraries of the tree at its
@@ -74,7 +84,7 @@ make_release_tree() {
     debootstrap --variant=minbase --include="$release_base_packages" "$release" \
         "$staging/root" "$(host_debian_mirror)" >"$staging/debootstrap.log" 2>&1 ||
         { tail -n 20 "$staging/debootstrap.log" >&2; die "debootstrap $release failed"; }
-    install_release_packages "$staging/root"
+    install_in_release_tree "$staging/root" "${release_packages[@]}"
     rm -rf "$dir/root" "$dir/linux.uml"
     mv "$staging/root" "$dir/root"
     rm -rf "$staging"
