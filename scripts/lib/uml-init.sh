@@ -134,6 +134,8 @@ run_command() {
     local status=0
     env -i "${environment[@]}" "${command[@]}" </dev/null \
         >"$run_dir/stdout" 2>"$run_dir/stderr" || status=$?
+    # The guest booted for this command: its counters are the command's.
+    cp /proc/net/tls_stat "$run_dir/tls_stat" 2>/dev/null || true
     # Write-then-rename: the host must never read a half-written status.
     if ! printf '%d\n' "$status" >"$run_dir/status.partial" ||
         ! mv -f "$run_dir/status.partial" "$run_dir/status"; then
