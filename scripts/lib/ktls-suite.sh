@@ -1,6 +1,49 @@
 # The end-to-end suite under kernel TLS (scripts/ktls-vm), per Debian
-# release and nginx binary. Sourced, not run; uses the caller's log, die
-# and REPO.
+# release and nginx binary. Sourced, not run; uses the caller's log, die,
+# REPO, KTLS_OUT and the KTLS_NGINX, KTLS_MODULE and KTLS_DEBIAN_MODULE of
+# the vendored and Debian 12 builds.
+
+# Where the kTLS runs write their output, one file per run and binary.
+test_logs=$REPO/target/test-logs
+
+# The suite under kTLS, in two lanes at once (the machine has two cores),
+# each run going on when one before it failed: bookworm with the vendored
+# nginx 1.28, then trixie's own nginx; bookworm's own nginx 1.22, then
+# sid's. Each Debian nginx loads the module built for it.
+run_ktls_lanes() {
+    local rc=0 lane_a
+    mkdir -p "$test_logs"
+    ktls_lane_vendored_then_trixie "$@" &
+    lane_a=$!
+    ktls_lane_bookworm_then_sid "$@" || rc=1
+    wait "$lane_a" || rc=1
+    cat "$test_logs"/{bookworm-vendored,bookworm-debian,trixie,sid}
+    return "$rc"
+}
+
+ktls_lane_vendored_then_trixie() {
+    local rc=0
+    run_suite_under_ktls bookworm "$KTLS_NGINX" "$KTLS_MODULE" "$KTLS_DEBIAN_MODULE" \
+        "$test_logs/bookworm-vendored" "$@" || rc=1
+    run_release_suite trixie "$@" || rc=1
+    return "$rc"
+}
+
+ktls_lane_bookworm_then_sid() {
+    local rc=0
+    run_suite_under_ktls bookworm /usr/sbin/nginx "$KTLS_DEBIAN_MODULE" "$KTLS_DEBIAN_MODULE" \
+        "$test_logs/bookworm-debian" "$@" || rc=1
+    run_release_suite sid "$@" || rc=1
+    return "$rc"
+}
+
+# The suite under release R's kernel with R's own nginx and its module.
+run_release_suite() {
+    local release=$1 module
+    shift
+    module=$KTLS_OUT/debian-$release/ngx_http_ktls_module.so
+    run_suite_under_ktls "$release" /usr/sbin/nginx "$module" "$module" "$test_logs/$release" "$@"
+}
 
 # The e2e test executables, built on the host (the kTLS runs execute the
 # same binaries under User-Mode Linux, in any release's userland).
