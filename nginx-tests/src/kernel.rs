@@ -5,6 +5,17 @@ use crate::config::expect_kernel;
 use std::collections::HashMap;
 use std::fs;
 
+/// Whether the running kernel is `major.minor` or later.
+pub fn at_least(major: u32, minor: u32) -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    version >= (major, minor)
+}
+
 /// Whether this kernel offers the `tls` TCP ULP right now (it lists only loaded ULPs).
 pub fn tls_ulp_available() -> bool {
     fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")

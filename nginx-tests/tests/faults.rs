@@ -4,7 +4,7 @@
 //! (`finish` fails on "exited on signal").
 
 use nginx_ktls_tests::body::{assert_body, pseudo_random};
-use nginx_ktls_tests::cases::{each_known_nginx_bug, Case};
+use nginx_ktls_tests::cases::{each_known_nginx_bug, small_sndbuf_stall, Case};
 use nginx_ktls_tests::config::{expect_kernel, module_loaded, size_for_run};
 use nginx_ktls_tests::h1::{get, H1};
 use nginx_ktls_tests::logs::{assert_send_path, Ktls, Sent};
@@ -13,9 +13,6 @@ use nginx_ktls_tests::nginx::Setup;
 use nginx_ktls_tests::tls::TlsConn;
 use std::fs::OpenOptions;
 use std::io::{self, Read};
-
-/// The `sndbuf=16k` listeners here make nginx's own path stall under kTLS.
-const SMALL_SNDBUF_STALL: &str = "SSL_sendfile() stalls with a small sndbuf";
 
 /// Reads raw response bytes (head and body) until at least `n` have arrived.
 fn read_at_least(conn: &mut TlsConn, n: usize, out: &mut Vec<u8>) {
@@ -65,12 +62,12 @@ fn client_closes_mid_transfer() {
     let small = pseudo_random(72, 1 << 20);
     let srv = Setup::new("abort")
         .listen("sndbuf=16k")
-        // nginx's own path can stall here (SMALL_SNDBUF_STALL): end such a stall early.
+        // nginx's own path can stall here (small_sndbuf_stall()): end such a stall early.
         .http("send_timeout 10s;")
         .file("big", big)
         .file("small", small.clone())
         .start();
-    each_known_nginx_bug(Case::all(), SMALL_SNDBUF_STALL, |case| {
+    each_known_nginx_bug(Case::all(), small_sndbuf_stall(), |case| {
         let name = case.name();
         let uri = format!("/big?case={name}");
         let mut conn =
@@ -119,7 +116,7 @@ fn file_truncated_while_sending() {
         setup = setup.file(&format!("t-{}", case.name()), content.clone());
     }
     let srv = setup.start();
-    each_known_nginx_bug(Case::all(), SMALL_SNDBUF_STALL, |case| {
+    each_known_nginx_bug(Case::all(), small_sndbuf_stall(), |case| {
         let name = case.name();
         let path = srv.html(&format!("t-{name}"));
         let mut conn =

@@ -18,10 +18,10 @@ use nginx_ktls_tests::cases::Case;
 use nginx_ktls_tests::config::{expect_kernel, module_loaded};
 use nginx_ktls_tests::h1::H1;
 use nginx_ktls_tests::h2::H2;
+use nginx_ktls_tests::kernel;
 use nginx_ktls_tests::logs::Ktls;
 use nginx_ktls_tests::nginx::{Nginx, Setup};
 use nginx_ktls_tests::tls::TlsConn;
-use std::fs;
 use std::time::{Duration, Instant};
 
 const BIG: usize = 1 << 20;
@@ -59,23 +59,13 @@ enum When {
     MidResponse,
 }
 
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    version >= (major, minor)
-}
-
 fn expected(ktls: Ktls, requested: bool) -> Outcome {
     if !expect_kernel() {
         return Outcome::Continues;
     }
     // The client and nginx run on the same libssl.
     let openssl_rekeys = openssl::version::number() >= 0x3020_0000;
-    match (openssl_rekeys, kernel_at_least(6, 14)) {
+    match (openssl_rekeys, kernel::at_least(6, 14)) {
         (true, true) => Outcome::Continues,
         // OpenSSL 3.2+ puts TLS 1.3 receive into the kernel too.
         (true, false) => Outcome::ReadFails,

@@ -4,7 +4,7 @@
 //! keep-alive connection.
 
 use nginx_ktls_tests::body::{assert_body, pseudo_random};
-use nginx_ktls_tests::cases::{each_known_nginx_bug, Case};
+use nginx_ktls_tests::cases::{each_known_nginx_bug, small_sndbuf_stall, Case};
 use nginx_ktls_tests::h1::{Pace, H1};
 use nginx_ktls_tests::kernel::TlsStat;
 use nginx_ktls_tests::logs::{assert_send_path, Sent};
@@ -79,20 +79,16 @@ fn fast_reader_small_sndbuf_fresh_connections() {
         .http("send_timeout 5s;")
         .file("one", one.clone())
         .start();
-    each_known_nginx_bug(
-        Case::all(),
-        "SSL_sendfile() stalls with a small sndbuf",
-        |case| {
-            let name = case.name();
-            for n in 0..8 {
-                let conn = TlsConn::connect(srv.port(case.ktls), &case.opts()).expect("connect");
-                let mut c = H1::new(conn);
-                let uri = format!("/one?case={name}&n={n}");
-                let r = c.get(&uri).unwrap_or_else(|e| panic!("{name} {uri}: {e}"));
-                assert_eq!(r.status, 200, "{name} {uri}");
-                assert_body(&format!("{name} {uri}"), &one, &r.body);
-            }
-        },
-    );
+    each_known_nginx_bug(Case::all(), small_sndbuf_stall(), |case| {
+        let name = case.name();
+        for n in 0..8 {
+            let conn = TlsConn::connect(srv.port(case.ktls), &case.opts()).expect("connect");
+            let mut c = H1::new(conn);
+            let uri = format!("/one?case={name}&n={n}");
+            let r = c.get(&uri).unwrap_or_else(|e| panic!("{name} {uri}: {e}"));
+            assert_eq!(r.status, 200, "{name} {uri}");
+            assert_body(&format!("{name} {uri}"), &one, &r.body);
+        }
+    });
     srv.finish();
 }
