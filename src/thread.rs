@@ -251,10 +251,34 @@ unsafe extern "C" fn task_done(ev: *mut ngx_event_t) {
                 (*ctx).work.finished
             );
             release_reads((*ctx).c, ctx);
+            resume_other_connection(ctx);
         }
         if let Some(next) = (*ctx).next_handler {
             next(ev);
         }
+    }
+}
+
+/// When the task's file belongs to a request of another connection (an
+/// HTTP/2 stream), the poster's completion handler resumes that request
+/// only, and a stream with nothing more to send does not flush the TLS
+/// connection's frames: the TLS connection's write event is posted, so that
+/// its writer collects the task and goes on.  Posted before the completion
+/// handler runs, so that a close there also removes it.
+///
+/// # Safety
+/// `ctx` must be a finished task's context; its file's request is still
+/// blocked, so live.
+unsafe fn resume_other_connection(ctx: *mut Ctx) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let c = (*ctx).c;
+        let r = (*(*ctx).file).thread_ctx.cast::<ngx_http_request_t>();
+        if r.is_null() || (*r).connection == c || (*(*c).write).posted() != 0 {
+            return;
+        }
+        debug!((*c).log, "ktls thread: resuming the connection's writer");
+        ngx_post_event((*c).write, ptr::addr_of_mut!(ngx_posted_events));
     }
 }
 

@@ -151,6 +151,10 @@ fn bodies_with_thread_pools() {
             let r = c.get(&uri).unwrap_or_else(|e| panic!("{name} {uri}: {e}"));
             assert_eq!(r.status, 200, "{name} {uri}");
             assert_body(&format!("{name} {uri}"), &big, &r.body);
+            if pass == "miss" {
+                // nginx may finish the response before it puts the file into the cache.
+                wait_for_cache_update(&srv, &uri);
+            }
         }
         let hit = srv.entry(&format!("/cached/big?case={name}&pass=hit"));
         assert!(
@@ -291,6 +295,19 @@ fn slow_server_with(
 }
 
 /// Latencies of small requests, one every 50 ms on a keep-alive connection, while `busy` runs.
+/// Waits, up to 10 s, until the connection that served `uri` has stored it in the cache.
+fn wait_for_cache_update(srv: &Nginx, uri: &str) {
+    let connection = srv.entry(uri).connection;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !connection_lines(&srv.error_log(), connection)
+        .iter()
+        .any(|l| l.starts_with("http file cache update"))
+    {
+        assert!(Instant::now() < deadline, "{uri}: not cached after 10 s");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn sample_latencies(port: u16, small: &[u8], busy: &thread::JoinHandle<()>) -> Vec<Duration> {
     let mut c =
         H1::new(TlsConn::connect(port, &ClientOpts::new(TlsVersion::Tls13)).expect("connect"));
