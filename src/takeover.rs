@@ -139,14 +139,22 @@ unsafe fn report_ktls_refused(c: *mut ngx_connection_t) {
     }
 }
 
+/// Whether a thread task works for `c` (`aio threads`).
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+unsafe fn task_working(c: *mut ngx_connection_t) -> bool {
+    #[cfg(ngx_feature = "threads")]
+    // SAFETY: forwarded from the caller.
+    return unsafe { crate::thread::working(c) };
+    #[cfg(not(ngx_feature = "threads"))]
+    false
+}
+
 /// `c->send` on a taken-over connection: one `SSL_write()`.
 unsafe extern "C" fn send(c: *mut ngx_connection_t, buf: *mut u_char, size: usize) -> isize {
     if size == 0 {
         return 0;
-    }
-    // SAFETY: nginx passes a live TLS connection.
-    if unsafe { key_update::check(c) }.is_err() {
-        return NGX_ERROR as isize;
     }
     #[cfg(ngx_feature = "threads")]
     // SAFETY: nginx passes a live TLS connection.
@@ -154,6 +162,10 @@ unsafe extern "C" fn send(c: *mut ngx_connection_t, buf: *mut u_char, size: usiz
         Ok(false) => {}
         Ok(true) => return NGX_AGAIN as isize,
         Err(Fatal) => return NGX_ERROR as isize,
+    }
+    // SAFETY: nginx passes a live TLS connection.
+    if unsafe { key_update::check(c) }.is_err() {
+        return NGX_ERROR as isize;
     }
     // SAFETY: nginx passes a live TLS connection and size readable bytes.
     match unsafe { ssl::write(c, core::slice::from_raw_parts(buf, size)) } {
@@ -172,7 +184,9 @@ unsafe extern "C" fn send_chain(
     // SAFETY: nginx passes a live TLS connection and chain; the TLS buffer
     // is the connection's, allocated from its pool as nginx does.
     unsafe {
-        if key_update::check(c).is_err() {
+        // While a thread task works nothing is written, and the connection
+        // must not end under it: the next call checks.
+        if !task_working(c) && key_update::check(c).is_err() {
             return CHAIN_ERROR;
         }
         let ssl = (*c).ssl;

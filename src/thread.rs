@@ -326,6 +326,15 @@ unsafe fn post(c: *mut ngx_connection_t, task: *mut ngx_thread_task_t) -> Result
     }
 }
 
+/// Whether a task works for the connection, without posting one again.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+pub unsafe fn working(c: *mut ngx_connection_t) -> bool {
+    // SAFETY: forwarded from the caller.
+    unsafe { task_of(c).is_some_and(|task| (*ctx(task)).stage == Stage::Waiting) }
+}
+
 /// Whether a task works for the connection; one that the poster declined
 /// is posted again.
 ///
