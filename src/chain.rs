@@ -5,11 +5,11 @@ use nginx_sys::{
     ngx_file_t,
 };
 
-use crate::plan::{Chain, Collected, Fatal, Head, Io, Kind, Read, Transport};
+use crate::plan::{Chain, Collected, Fatal, Head, Io, Kind, Piped, Read, Transport};
 use crate::pread::{self, Part, MAX_PARTS};
-use crate::ssl;
 #[cfg(ngx_feature = "threads")]
 use crate::thread;
+use crate::{splice, ssl};
 
 /// An `ngx_chain_t` being sent on connection `c`.
 pub struct NgxChain {
@@ -214,5 +214,54 @@ impl Transport<NgxChain> for Tls {
             }
             ssl::sendfile(self.c, b, len)
         }
+    }
+
+    fn pipe_ready(&mut self, chain: &NgxChain, len: usize) -> bool {
+        if !splice::enabled() {
+            return false;
+        }
+        // SAFETY: as above; the head is a file buffer.
+        unsafe {
+            #[cfg(ngx_feature = "threads")]
+            {
+                // A disk read belongs in a thread: that goes through the
+                // buffer.
+                let b = (*chain.head).buf;
+                if thread::offloads((*b).file)
+                    && !splice::cached((*(*b).file).fd, (*b).file_pos, len)
+                {
+                    debug!(
+                        (*self.c).log,
+                        "splice: @{} {} not in the page cache",
+                        (*b).file_pos,
+                        len
+                    );
+                    return false;
+                }
+            }
+            #[cfg(not(ngx_feature = "threads"))]
+            let _ = (chain, len);
+            splice::pipe_of(self.c).is_some()
+        }
+    }
+
+    fn piped(&self) -> usize {
+        // SAFETY: as above.
+        unsafe { splice::pending((*(*self.c).ssl).connection) }
+    }
+
+    fn pipe_memory(&mut self, data: &[u8]) -> Result<Io, Fatal> {
+        // SAFETY: as above.
+        unsafe { splice::fill_memory(self.c, data) }
+    }
+
+    fn pipe_file(&mut self, chain: &NgxChain, len: usize) -> Result<Piped, Fatal> {
+        // SAFETY: as above; the head is a file buffer.
+        unsafe { splice::fill_file(self.c, (*chain.head).buf, len) }
+    }
+
+    fn drain_pipe(&mut self, more: bool) -> Result<Io, Fatal> {
+        // SAFETY: as above.
+        unsafe { splice::drain(self.c, more) }
     }
 }

@@ -58,58 +58,89 @@ pub fn tls_ulp_missing() -> Option<String> {
 /// Tried on a loopback connection of its own with a made-up key; any
 /// failure before the second key answers "no".
 pub fn tx_rekey_supported() -> bool {
-    // SAFETY: descriptors made and closed here; the socket calls get
-    // properly sized structures.
-    unsafe {
-        let listener = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        let client = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        let supported = listener >= 0 && client >= 0 && rekey_on(listener, client);
-        for fd in [listener, client] {
-            if fd >= 0 {
-                libc::close(fd);
-            }
-        }
-        supported
-    }
+    KtlsLoopback::open().is_some_and(|pair| pair.set_tx_key())
 }
 
-/// # Safety
-/// `listener` and `client` must be fresh TCP sockets.
-unsafe fn rekey_on(listener: libc::c_int, client: libc::c_int) -> bool {
-    // SAFETY: forwarded from the caller; sizes are those of the structures.
-    unsafe {
-        let mut addr: libc::sockaddr_in = core::mem::zeroed();
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-        let mut len = core::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let sa = ptr_of(&mut addr);
-        if libc::bind(listener, sa, len) != 0
-            || libc::listen(listener, 1) != 0
-            || libc::getsockname(listener, sa, &mut len) != 0
-            || libc::connect(client, sa, len) != 0
-            || libc::setsockopt(
-                client,
+/// A loopback TCP connection of the module's own whose client side sends
+/// with kTLS (TLS 1.3, AES-128-GCM, a made-up key), for probing what the
+/// kernel does; closed when dropped.
+pub struct KtlsLoopback {
+    listener: libc::c_int,
+    /// The kTLS side.
+    pub client: libc::c_int,
+    /// The peer, which sees the TLS records as bytes.
+    pub server: libc::c_int,
+}
+
+impl KtlsLoopback {
+    /// Connects, and gives the client its first sending key.
+    pub fn open() -> Option<KtlsLoopback> {
+        // SAFETY: descriptors made here and owned by the value (closed on
+        // drop); the socket calls get properly sized structures.
+        unsafe {
+            let mut pair = KtlsLoopback {
+                listener: libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0),
+                client: libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0),
+                server: -1,
+            };
+            if pair.listener < 0 || pair.client < 0 {
+                return None;
+            }
+            let mut addr: libc::sockaddr_in = core::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let mut len = core::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let sa = ptr_of(&mut addr);
+            if libc::bind(pair.listener, sa, len) != 0
+                || libc::listen(pair.listener, 1) != 0
+                || libc::getsockname(pair.listener, sa, &mut len) != 0
+                || libc::connect(pair.client, sa, len) != 0
+            {
+                return None;
+            }
+            pair.server = libc::accept4(
+                pair.listener,
+                core::ptr::null_mut(),
+                core::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            );
+            let ulp = libc::setsockopt(
+                pair.client,
                 libc::IPPROTO_TCP,
                 libc::TCP_ULP,
                 b"tls".as_ptr().cast(),
                 3,
-            ) != 0
-        {
-            return false;
+            );
+            (pair.server >= 0 && ulp == 0 && pair.set_tx_key()).then_some(pair)
         }
-        let mut key: libc::tls12_crypto_info_aes_gcm_128 = core::mem::zeroed();
-        key.info.version = libc::TLS_1_3_VERSION;
-        key.info.cipher_type = libc::TLS_CIPHER_AES_GCM_128;
-        let set_key = || {
+    }
+
+    /// Gives the client a sending key (a second one is a rekey).
+    pub fn set_tx_key(&self) -> bool {
+        // SAFETY: the key structure is fully initialised and sized.
+        unsafe {
+            let mut key: libc::tls12_crypto_info_aes_gcm_128 = core::mem::zeroed();
+            key.info.version = libc::TLS_1_3_VERSION;
+            key.info.cipher_type = libc::TLS_CIPHER_AES_GCM_128;
             libc::setsockopt(
-                client,
+                self.client,
                 libc::SOL_TLS,
                 libc::TLS_TX,
                 core::ptr::addr_of!(key).cast(),
                 core::mem::size_of_val(&key) as libc::socklen_t,
             ) == 0
-        };
-        set_key() && set_key()
+        }
+    }
+}
+
+impl Drop for KtlsLoopback {
+    fn drop(&mut self) {
+        for fd in [self.listener, self.client, self.server] {
+            if fd >= 0 {
+                // SAFETY: the value owns its descriptors.
+                unsafe { libc::close(fd) };
+            }
+        }
     }
 }
 

@@ -30,6 +30,8 @@ mod module;
 #[cfg(not(test))]
 mod pread;
 #[cfg(not(test))]
+mod splice;
+#[cfg(not(test))]
 mod ssl;
 #[cfg(not(test))]
 mod state;

@@ -19,7 +19,7 @@ use openssl_sys as _;
 
 use crate::conf::ServerConf;
 use crate::ssl::SSL_OP_ENABLE_KTLS;
-use crate::{kernel, key_update, state, takeover, variables};
+use crate::{kernel, key_update, splice, state, takeover, variables};
 
 /// The module's type, for the `ngx` crate's configuration helpers.
 pub struct HttpKtlsModule;
@@ -114,6 +114,8 @@ impl HttpModule for HttpKtlsModule {
         // SAFETY: cf is the configuration being parsed.
         unsafe { warn_if_kernel_lacks_tls(cf) };
         key_update::init();
+        // SAFETY: cf is the configuration being parsed.
+        splice::init(unsafe { (*cf).log });
         Status::NGX_OK.into()
     }
 }

@@ -20,6 +20,13 @@
 //!   the buffer rather than sent with `SSL_sendfile()`: every `sendfile()`
 //!   ends a TLS record, so HTTP/2's 8k DATA frames would otherwise each make
 //!   their own records, where the buffer packs them into full 16k records.
+//! - Where splice keeps kTLS records open (Linux 6.5 and later), those short
+//!   runs go through the connection's pipe instead: file pages are spliced
+//!   into it, the memory bytes between them are written into it, and the
+//!   pipe is spliced to the kTLS socket.  Records stay as full as with the
+//!   buffer, and file data never passes through userspace.  The pipe then
+//!   holds bytes already taken from the chain, like the buffer: its bytes
+//!   go out before the buffer's.
 //! - With `aio threads`, a sendfile or a read into the buffer may go to a
 //!   thread of nginx's pool ([`Io::Offloaded`], [`Read::Offloaded`]).  Until
 //!   it is done ([`Transport::busy`]) nothing is written and the buffer is
@@ -103,6 +110,17 @@ pub enum Read {
     Offloaded,
 }
 
+/// Outcome of moving file bytes into the connection's pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piped {
+    /// That many bytes are in the pipe now (at least one).
+    Moved(usize),
+    /// The pipe is full: it must be drained first.
+    Full,
+    /// The file cannot be spliced: its bytes are read into the buffer.
+    Refused,
+}
+
 /// What a thread's sendfile left to count, from [`Transport::collect`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Collected {
@@ -139,6 +157,22 @@ pub trait Transport<C: Chain> {
     /// Sends `len` bytes of the file run at the chain's head with
     /// `SSL_sendfile()`, or posts that to a thread ([`Io::Offloaded`]).
     fn sendfile(&mut self, chain: &C, len: usize) -> Result<Io, Fatal>;
+    /// Whether up to `len` bytes of the file at the chain's head may go
+    /// through the connection's pipe now: splice keeps kTLS records open on
+    /// this kernel, the connection has a pipe (or gets one from the
+    /// worker's), and reading the file cannot wait for the disk where a
+    /// thread should do that.  Asked only while the kernel is allowed.
+    fn pipe_ready(&mut self, chain: &C, len: usize) -> bool;
+    /// Bytes waiting in the connection's pipe.
+    fn piped(&self) -> usize;
+    /// Writes memory bytes into the pipe; [`Io::Again`] when it is full.
+    fn pipe_memory(&mut self, data: &[u8]) -> Result<Io, Fatal>;
+    /// Splices up to `len` bytes of the file run at the chain's head into
+    /// the pipe.  A file that ends early is fatal (logged).
+    fn pipe_file(&mut self, chain: &C, len: usize) -> Result<Piped, Fatal>;
+    /// Splices the pipe's bytes to the kTLS socket, keeping the TLS record
+    /// open for what follows when `more` is set (`SPLICE_F_MORE`).
+    fn drain_pipe(&mut self, more: bool) -> Result<Io, Fatal>;
 }
 
 /// The connection's TLS buffer (`c->ssl->buf`): bytes `pos..last` of `mem`
@@ -173,10 +207,84 @@ pub fn effective_limit(limit: i64, pagesize: u64) -> u64 {
     }
 }
 
+/// How much of a buffer of `size` bytes goes into the TLS buffer now.
+fn room_for(buf: &SendBuf<'_>, size: u64, left: u64) -> usize {
+    let room = buf.free().min(usize::try_from(left).unwrap_or(usize::MAX));
+    room.min(usize::try_from(size).unwrap_or(usize::MAX))
+}
+
+/// Whether the connection holds bytes taken from the chain and not sent yet.
+fn buffered<C: Chain, T: Transport<C>>(buf: &SendBuf<'_>, io: &T) -> bool {
+    buf.pending() > 0 || io.piped() > 0
+}
+
+/// Moves the buffer's bytes into the pipe, behind what it holds; returns
+/// whether they all fit.
+fn buffer_to_pipe<C: Chain, T: Transport<C>>(
+    buf: &mut SendBuf<'_>,
+    io: &mut T,
+) -> Result<bool, Fatal> {
+    if buf.pending() == 0 {
+        return Ok(true);
+    }
+    if let Io::Sent(n) = io.pipe_memory(&buf.mem[buf.pos..buf.last])? {
+        buf.pos += n;
+    }
+    if buf.pending() > 0 {
+        return Ok(false);
+    }
+    buf.pos = 0;
+    buf.last = 0;
+    Ok(true)
+}
+
+/// What became of a file run offered to the pipe.
+enum Step {
+    /// That many bytes of the chain went into the pipe.
+    Moved(u64),
+    /// The pipe is full: drain it, then go on.
+    Full,
+    /// Reads waiting before the run went to a thread.
+    Offloaded,
+    /// The run is read into the buffer instead.
+    Read,
+}
+
+/// Puts the file run at the chain's head (at most `left` bytes) into the
+/// pipe, behind the bytes buffered before it, if the transport allows.
+fn pipe_file_run<C: Chain, T: Transport<C>>(
+    chain: &mut C,
+    buf: &mut SendBuf<'_>,
+    io: &mut T,
+    left: u64,
+) -> Result<Step, Fatal> {
+    let run = usize::try_from(chain.file_run(left)).unwrap_or(usize::MAX);
+    if run == 0 || !io.pipe_ready(chain, run) {
+        return Ok(Step::Read);
+    }
+    // The bytes before the file's must be in the buffer, then in the pipe.
+    if chain.finish_reads(buf.mem)? == Read::Offloaded {
+        return Ok(Step::Offloaded);
+    }
+    if !buffer_to_pipe(buf, io)? {
+        return Ok(Step::Full);
+    }
+    match io.pipe_file(chain, run)? {
+        Piped::Moved(n) => {
+            chain.consume(n as u64);
+            Ok(Step::Moved(n as u64))
+        }
+        Piped::Full => Ok(Step::Full),
+        Piped::Refused => Ok(Step::Read),
+    }
+}
+
 /// Sends as much of `chain` as the connection takes, within `limit` bytes
 /// (already passed through [`effective_limit`]); with kTLS, runs of at least
-/// `sendfile_min` bytes of file data go out with `SSL_sendfile()`.  Returns
-/// whether bytes are left in the buffer (`NGX_SSL_BUFFERED`).
+/// `sendfile_min` bytes of file data go out with `SSL_sendfile()`, and
+/// shorter ones through the connection's pipe where the transport allows.
+/// Returns whether bytes are left in the buffer or the pipe
+/// (`NGX_SSL_BUFFERED`).
 pub fn send_chain<C: Chain, T: Transport<C>>(
     chain: &mut C,
     buf: &mut SendBuf<'_>,
@@ -185,10 +293,10 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
     sendfile_min: u64,
 ) -> Result<bool, Fatal> {
     if io.busy()? {
-        return Ok(buf.pending() > 0);
+        return Ok(buffered(buf, io));
     }
 
-    let mut send = buf.pending() as u64;
+    let mut send = (buf.pending() + io.piped()) as u64;
 
     // A thread's sendfile went out before anything that follows now.
     match io.collect(chain)? {
@@ -197,7 +305,7 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
             chain.consume(n);
             send += n;
         }
-        Collected::Again => return Ok(buf.pending() > 0),
+        Collected::Again => return Ok(buffered(buf, io)),
     }
 
     let mut flush = chain.head().is_none() || buf.flush;
@@ -208,6 +316,7 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
         let kernel = io.kernel_allowed();
         let mut sendfile_next = false;
         let mut reads = Read::Done;
+        let mut pipe_full = false;
 
         while buf.free() > 0 && send < limit {
             let Some(head) = chain.head() else { break };
@@ -216,8 +325,7 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
                 flush = true;
             }
 
-            let room = buf.free().min((limit - send) as usize);
-            let size = room.min(usize::try_from(head.size).unwrap_or(usize::MAX));
+            let size = room_for(buf, head.size, limit - send);
             let last = buf.last;
 
             match head.kind {
@@ -233,13 +341,36 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
                 Kind::Memory | Kind::File { in_memory: true } => {
                     chain.copy_memory(&mut buf.mem[last..last + size]);
                 }
-                // Without kTLS now, or a run too short for a sendfile of
-                // its own: read into the buffer.
                 Kind::File { in_memory: false } => {
+                    if kernel {
+                        match pipe_file_run(chain, buf, io, limit - send)? {
+                            Step::Moved(n) => {
+                                send += n;
+                                continue;
+                            }
+                            Step::Full => {
+                                pipe_full = true;
+                                break;
+                            }
+                            Step::Offloaded => {
+                                reads = Read::Offloaded;
+                                break;
+                            }
+                            Step::Read => {}
+                        }
+                    }
+                    // Without kTLS now, or a run too short for a sendfile
+                    // of its own and no pipe: read into the buffer (which
+                    // may have just gone into the pipe).
+                    let last = buf.last;
+                    let size = room_for(buf, head.size, limit - send);
                     reads = chain.read_file(buf.mem, last, size)?;
                     if reads == Read::Offloaded {
                         break;
                     }
+                    buf.last += size;
+                    send += size as u64;
+                    continue;
                 }
             }
 
@@ -256,8 +387,31 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
             return Ok(true);
         }
 
-        if !flush && send < limit && buf.free() > 0 {
+        if !flush && !pipe_full && send < limit && buf.free() > 0 {
             break;
+        }
+
+        if io.piped() > 0 {
+            // The pipe's bytes go first; the buffer's follow through the
+            // pipe, or through OpenSSL when the kernel may not be written
+            // to now.
+            if kernel && !buffer_to_pipe(buf, io)? {
+                pipe_full = true;
+            }
+            let piped = io.piped();
+            let more =
+                kernel && (buf.pending() > 0 || pipe_full || (sendfile_next && send < limit));
+            match io.drain_pipe(more)? {
+                Io::Sent(n) if n == piped => {}
+                Io::Sent(_) | Io::Again | Io::Offloaded => break,
+            }
+            if buf.pending() == 0 && !pipe_full {
+                flush = false;
+                if chain.head().is_none() || send >= limit {
+                    break;
+                }
+            }
+            continue;
         }
 
         let size = buf.pending();
@@ -309,7 +463,7 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
     }
 
     buf.flush = flush;
-    Ok(buf.pos < buf.last)
+    Ok(buffered(buf, io))
 }
 
 #[cfg(test)]

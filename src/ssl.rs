@@ -453,8 +453,7 @@ pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) ->
             );
 
             if n > 0 {
-                restore_read_handler(c)?;
-                (*c).sent += n as i64;
+                kernel_wrote(c, n as usize)?;
                 return Ok(Io::Sent(n as usize));
             }
 
@@ -495,6 +494,20 @@ unsafe fn push_pending_frames(c: *mut ngx_connection_t) {
             debug!((*c).log, "setsockopt(!TCP_CORK) failed: {}", ngx_errno());
         }
     }
+}
+
+/// `n` bytes went to the kTLS socket around OpenSSL: they count as sent,
+/// and reading that a WANT_READ held up resumes, as after any write.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+pub unsafe fn kernel_wrote(c: *mut ngx_connection_t, n: usize) -> Result<(), Fatal> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        restore_read_handler(c)?;
+        (*c).sent += n as i64;
+    }
+    Ok(())
 }
 
 /// `ngx_ssl_sendfile()`: sends `size` bytes of `file`'s file from its

@@ -9,6 +9,7 @@ use core::ffi::c_int;
 use core::ptr;
 use core::sync::atomic::{AtomicI32, Ordering};
 
+use crate::splice::Pipe;
 use nginx_sys::{
     ngx_palloc, ngx_pool_t, CRYPTO_get_ex_new_index, SSL_get_ex_data, SSL_set_ex_data,
     CRYPTO_EX_INDEX_SSL, SSL,
@@ -25,6 +26,14 @@ pub struct ConnState {
     pub sendfile_min: u64,
     /// The connection was ended rather than written with a stale key.
     pub stale_key: bool,
+    /// File bytes spliced into the connection's pipe so far.
+    pub splice_bytes: u64,
+    /// The pipe the connection holds, with bytes for the socket in it.
+    pub pipe: Option<Pipe>,
+    /// The connection's pool gives the pipe back when it is destroyed.
+    pub pipe_cleanup: bool,
+    /// A file could not be spliced: the connection reads files instead.
+    pub splice_refused: bool,
 }
 
 static EX_INDEX: AtomicI32 = AtomicI32::new(-1);
@@ -81,7 +90,8 @@ pub unsafe fn attach(
 ) -> Result<(), ()> {
     let index = EX_INDEX.load(Ordering::Relaxed);
     // SAFETY: ngx_palloc() returns memory aligned for any type, written
-    // before it is published; ConnState needs no drop (pool memory).
+    // before it is published; ConnState needs no drop (pool memory; the
+    // pipe is given back by a pool cleanup).
     unsafe {
         let state = ngx_palloc(pool, core::mem::size_of::<ConnState>()).cast::<ConnState>();
         if index < 0 || state.is_null() {
@@ -92,6 +102,10 @@ pub unsafe fn attach(
             ssl_write_pending,
             sendfile_min,
             stale_key: false,
+            splice_bytes: 0,
+            pipe: None,
+            pipe_cleanup: false,
+            splice_refused: false,
         });
         if SSL_set_ex_data(ssl, index, state.cast()) != 1 {
             return Err(());

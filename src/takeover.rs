@@ -14,7 +14,7 @@ use ngx::http::HttpModuleServerConf;
 use crate::chain::{NgxChain, Tls};
 use crate::module::HttpKtlsModule;
 use crate::plan::{self, Fatal, Io, SendBuf};
-use crate::{kernel, key_update, ssl, state};
+use crate::{kernel, key_update, splice, ssl, state};
 
 /// The header filter after ours.
 pub static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
@@ -167,11 +167,33 @@ unsafe extern "C" fn send(c: *mut ngx_connection_t, buf: *mut u_char, size: usiz
     if unsafe { key_update::check(c) }.is_err() {
         return NGX_ERROR as isize;
     }
+    // Bytes in the pipe were sent before these.
+    // SAFETY: as above.
+    match unsafe { drain_pipe(c) } {
+        Ok(true) => {}
+        Ok(false) => return NGX_AGAIN as isize,
+        Err(Fatal) => return NGX_ERROR as isize,
+    }
     // SAFETY: nginx passes a live TLS connection and size readable bytes.
     match unsafe { ssl::write(c, core::slice::from_raw_parts(buf, size)) } {
         Ok(Io::Sent(n)) => n as isize,
         Ok(Io::Again | Io::Offloaded) => NGX_AGAIN as isize,
         Err(Fatal) => NGX_ERROR as isize,
+    }
+}
+
+/// Sends what the connection's pipe holds; whether it is empty now.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+unsafe fn drain_pipe(c: *mut ngx_connection_t) -> Result<bool, Fatal> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let ssl = (*(*c).ssl).connection;
+        if splice::pending(ssl) > 0 {
+            splice::drain(c, false)?;
+        }
+        Ok(splice::pending(ssl) == 0)
     }
 }
 
@@ -231,6 +253,7 @@ unsafe extern "C" fn send_chain(
         (*b).pos = start.add(buf.pos);
         (*b).last = start.add(buf.last);
         (*b).set_flush(buf.flush as u32);
+        splice::release_if_empty(c);
 
         match result {
             Ok(true) => (*c).set_buffered((*c).buffered() | NGX_SSL_BUFFERED),

@@ -1,4 +1,4 @@
-//! `$ktls_tx`, `$ktls_rx` and `$ktls_sendfile_bytes`.
+//! `$ktls_tx`, `$ktls_rx`, `$ktls_sendfile_bytes` and `$ktls_splice_bytes`.
 
 use core::fmt::Write;
 
@@ -22,10 +22,11 @@ type Getter = unsafe extern "C" fn(
 /// # Safety
 /// `cf` must be the configuration being parsed.
 pub unsafe fn add(cf: *mut ngx_conf_t) -> Result<(), Status> {
-    let vars: [(ngx_str_t, Getter); 3] = [
+    let vars: [(ngx_str_t, Getter); 4] = [
         (ngx_string!("ktls_tx"), ktls_tx),
         (ngx_string!("ktls_rx"), ktls_rx),
         (ngx_string!("ktls_sendfile_bytes"), ktls_sendfile_bytes),
+        (ngx_string!("ktls_splice_bytes"), ktls_splice_bytes),
     ];
     for (mut name, get) in vars {
         // SAFETY: nginx copies the name; the returned variable lives in the
@@ -101,6 +102,30 @@ unsafe extern "C" fn ktls_sendfile_bytes(
     v: *mut ngx_http_variable_value_t,
     _data: usize,
 ) -> ngx_int_t {
+    // SAFETY: as in flag().
+    unsafe { counter(r, v, |s| s.sendfile_bytes) }
+}
+
+/// File bytes the module has spliced from the page cache towards the socket
+/// on this connection; not found as for `$ktls_sendfile_bytes`.
+unsafe extern "C" fn ktls_splice_bytes(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: as in flag().
+    unsafe { counter(r, v, |s| s.splice_bytes) }
+}
+
+/// Sets `v` to a counter of the connection's state, in decimal.
+///
+/// # Safety
+/// As for a variable's get handler.
+unsafe fn counter(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_http_variable_value_t,
+    value: fn(&state::ConnState) -> u64,
+) -> ngx_int_t {
     // SAFETY: as in flag(); the value is allocated in the request's pool.
     unsafe {
         let v = &mut *v;
@@ -116,7 +141,7 @@ unsafe extern "C" fn ktls_sendfile_bytes(
         };
 
         let mut text = DecimalBuf::default();
-        let _ = write!(text, "{}", state.sendfile_bytes);
+        let _ = write!(text, "{}", value(state));
         let len = text.len;
         let data = ngx_pnalloc((*r).pool, len).cast::<u8>();
         if data.is_null() {

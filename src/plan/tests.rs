@@ -251,6 +251,24 @@ enum Op {
     /// To the kTLS socket; `true` with MSG_MORE.
     Kernel(usize, bool),
     Sendfile(usize),
+    /// Memory bytes into the pipe.
+    PipeMemory(usize),
+    /// File bytes spliced into the pipe.
+    PipeFile(usize),
+    /// The pipe spliced to the kTLS socket; `true` with SPLICE_F_MORE.
+    Drain(usize, bool),
+}
+
+/// The connection's pipe, where splice keeps records open.
+#[derive(Default)]
+struct FakePipe {
+    /// How many bytes it holds at most.
+    capacity: usize,
+    bytes: Vec<u8>,
+    /// Splicing from files is refused (a file system without it).
+    refuses: bool,
+    /// With `aio threads`, the page cache lacks the files: no splicing.
+    uncached: bool,
 }
 
 /// Largest TLS record payload.
@@ -272,6 +290,7 @@ struct FakeTls {
     records: usize,
     open: usize,
     threads: Threads,
+    pipe: Option<FakePipe>,
 }
 
 impl FakeTls {
@@ -287,6 +306,7 @@ impl FakeTls {
             records: 0,
             open: 0,
             threads: Threads::default(),
+            pipe: None,
         }
     }
 
@@ -350,6 +370,7 @@ impl Transport<FakeChain> for FakeTls {
     fn write(&mut self, data: &[u8]) -> Result<Io, Fatal> {
         assert!(!data.is_empty(), "empty SSL_write");
         assert_eq!(self.open, 0, "SSL_write inside an open kernel record");
+        assert_eq!(self.piped(), 0, "SSL_write before the pipe's bytes");
         if self.fail {
             return Err(Fatal);
         }
@@ -371,6 +392,7 @@ impl Transport<FakeChain> for FakeTls {
             self.kernel && !self.ssl_pending,
             "kernel write while OpenSSL has pending bytes"
         );
+        assert_eq!(self.piped(), 0, "send before the pipe's bytes");
         assert!(!data.is_empty(), "empty send");
         let n = self.accept(data.len());
         if n == 0 {
@@ -389,6 +411,7 @@ impl Transport<FakeChain> for FakeTls {
             "sendfile while OpenSSL has pending bytes"
         );
         assert!(len > 0, "empty SSL_sendfile");
+        assert_eq!(self.piped(), 0, "sendfile before the pipe's bytes");
         assert_eq!(
             len as u64,
             chain.file_run(len as u64),
@@ -404,6 +427,85 @@ impl Transport<FakeChain> for FakeTls {
         }
         drop(pool);
         Ok(self.send_file_bytes(chain, len))
+    }
+
+    fn pipe_ready(&mut self, chain: &FakeChain, len: usize) -> bool {
+        assert!(self.kernel && !self.ssl_pending, "pipe asked without kTLS");
+        assert_eq!(
+            len as u64,
+            chain.file_run(len as u64),
+            "beyond the file run"
+        );
+        let offloads = self.threads.borrow().on;
+        self.pipe
+            .as_ref()
+            .is_some_and(|p| !(p.refuses || offloads && p.uncached))
+    }
+
+    fn piped(&self) -> usize {
+        self.pipe.as_ref().map_or(0, |p| p.bytes.len())
+    }
+
+    fn pipe_memory(&mut self, data: &[u8]) -> Result<Io, Fatal> {
+        assert!(!data.is_empty(), "empty pipe write");
+        let pipe = self.pipe.as_mut().expect("no pipe");
+        let n = data.len().min(pipe.capacity - pipe.bytes.len());
+        if n == 0 {
+            return Ok(Io::Again);
+        }
+        pipe.bytes.extend_from_slice(&data[..n]);
+        self.ops.push(Op::PipeMemory(n));
+        Ok(Io::Sent(n))
+    }
+
+    fn pipe_file(&mut self, chain: &FakeChain, len: usize) -> Result<Piped, Fatal> {
+        assert!(len > 0, "empty splice");
+        assert_eq!(
+            len as u64,
+            chain.file_run(len as u64),
+            "beyond the file run"
+        );
+        let Data::File(id, ..) = chain.bufs[0].data else {
+            panic!("splice from a non-file buffer")
+        };
+        if chain.truncated == Some(id) {
+            return Err(Fatal);
+        }
+        let pipe = self.pipe.as_mut().expect("no pipe");
+        if pipe.refuses {
+            return Ok(Piped::Refused);
+        }
+        let n = len.min(pipe.capacity - pipe.bytes.len());
+        if n == 0 {
+            return Ok(Piped::Full);
+        }
+        let mut left = n;
+        for b in &chain.bufs {
+            let take = b.rest().len().min(left);
+            pipe.bytes.extend_from_slice(&b.rest()[..take]);
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+        self.ops.push(Op::PipeFile(n));
+        Ok(Piped::Moved(n))
+    }
+
+    fn drain_pipe(&mut self, more: bool) -> Result<Io, Fatal> {
+        assert!(!self.ssl_pending, "splice while OpenSSL has pending bytes");
+        let pending = self.piped();
+        assert!(pending > 0, "drain of an empty pipe");
+        let n = self.accept(pending);
+        if n == 0 {
+            return Ok(Io::Again);
+        }
+        let pipe = self.pipe.as_mut().expect("no pipe");
+        self.out.extend(pipe.bytes.drain(..n));
+        self.room -= n;
+        self.ops.push(Op::Drain(n, more));
+        self.kernel_records(n, !more && n == pending);
+        Ok(Io::Sent(n))
     }
 }
 
@@ -1040,3 +1142,5 @@ fn truncated_file_read_by_a_thread_is_fatal() {
     assert_eq!(run.finish_task(), Err(Fatal));
     assert!(run.tls.ops.is_empty(), "nothing of the file was sent");
 }
+
+mod pipe;

@@ -1,0 +1,493 @@
+//! File data through a pipe to the kTLS socket: `splice()` from the page
+//! cache, with the memory bytes around it written into the same pipe.
+//!
+//! From Linux 6.5 on, a splice into a kTLS socket with `SPLICE_F_MORE`
+//! leaves the TLS record open for what follows, so small file parts (HTTP/2
+//! DATA frames) share full records without being copied through userspace;
+//! `sendfile()` ends a record at every call.  Whether this kernel does so
+//! is probed once at start-up ([`init`]).
+//!
+//! Pipes belong to the worker: at most [`MAX_PIPES`] exist, a connection
+//! holds one only while it has bytes in it (or while its send chain runs),
+//! and gives it back empty.  A connection that ends with bytes in its pipe
+//! closes that pipe.
+
+use core::cell::RefCell;
+use core::ffi::{c_char, c_int, c_void, CStr};
+use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use nginx_sys::{
+    ngx_buf_t, ngx_connection_t, ngx_errno, ngx_log_t, ngx_pool_cleanup_add, NGX_LOG_CRIT,
+    NGX_LOG_NOTICE, SSL, SSL_ERROR_SYSCALL,
+};
+
+use crate::plan::{Fatal, Io, Piped};
+use crate::state::{self, ConnState};
+use crate::{kernel, ssl};
+
+/// Pipes one worker may have open.
+pub const MAX_PIPES: usize = 16;
+
+/// The capacity asked for each pipe (the kernel's default `pipe-max-size`):
+/// every memory part and every file page takes a slot of the pipe, so a
+/// small pipe would be drained to the socket every few HTTP/2 frames.
+const PIPE_SIZE: c_int = 1 << 20;
+
+/// What the start-up probe found; workers inherit it.
+static KEEPS_RECORDS_OPEN: AtomicBool = AtomicBool::new(false);
+
+/// A pipe and the bytes waiting in it.
+pub struct Pipe {
+    read: c_int,
+    write: c_int,
+    pub pending: usize,
+}
+
+impl Pipe {
+    /// A new non-blocking pipe, as large as the kernel lets it be.
+    fn open() -> Option<Pipe> {
+        let mut fds = [0 as c_int; 2];
+        // SAFETY: pipe2() writes two descriptors into fds.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return None;
+        }
+        // A refusal (the user's pipe pages are used up) leaves the default
+        // size, which still works.
+        // SAFETY: fcntl() on the descriptor just made.
+        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        Some(Pipe {
+            read: fds[0],
+            write: fds[1],
+            pending: 0,
+        })
+    }
+
+    fn close(self) {
+        // SAFETY: the pipe owns its descriptors, and is consumed.
+        unsafe {
+            libc::close(self.read);
+            libc::close(self.write);
+        }
+    }
+}
+
+/// The worker's pipes not held by any connection, and how many exist.
+struct Pool {
+    idle: Vec<Pipe>,
+    open: usize,
+}
+
+thread_local! {
+    // Only the event loop touches pipes: threads of `aio threads` never do.
+    static POOL: RefCell<Pool> = const { RefCell::new(Pool { idle: Vec::new(), open: 0 }) };
+}
+
+/// Probes, once at configuration time after the kernel check, whether a
+/// splice into a kTLS socket keeps the record open with `SPLICE_F_MORE`,
+/// and says on `log` which path short file data takes.
+pub fn init(log: *mut ngx_log_t) {
+    if !kernel::available() {
+        KEEPS_RECORDS_OPEN.store(false, Ordering::Relaxed);
+        return;
+    }
+    let keeps = probe_keeps_records_open();
+    KEEPS_RECORDS_OPEN.store(keeps, Ordering::Relaxed);
+    if keeps {
+        log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            "ktls: splice() keeps kernel TLS records open on this kernel: file data \
+             shorter than ktls_sendfile_min_size goes to the socket through a pipe, \
+             without a copy"
+        );
+    } else {
+        log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            "ktls: splice() ends a kernel TLS record at every call on this kernel \
+             (before Linux 6.5): file data shorter than ktls_sendfile_min_size is read \
+             into the TLS buffer"
+        );
+    }
+}
+
+/// Whether this kernel's kTLS takes `SPLICE_F_MORE` as `MSG_MORE`: two
+/// parts spliced from a file through a pipe, the first with the flag, must
+/// come out as one record.
+fn probe_keeps_records_open() -> bool {
+    const PART: usize = 4096;
+    let Some(pair) = kernel::KtlsLoopback::open() else {
+        return false;
+    };
+    let Some(mut pipe) = Pipe::open() else {
+        return false;
+    };
+    // SAFETY: descriptors made here and closed below; the buffers are
+    // sized for the calls.
+    let keeps = unsafe {
+        let file = libc::memfd_create(c"ktls-splice-probe".as_ptr(), libc::MFD_CLOEXEC);
+        let data = [0x5a_u8; 2 * PART];
+        let spliced = file >= 0
+            && libc::write(file, data.as_ptr().cast(), data.len()) == data.len() as isize
+            && (0..2).all(|i| {
+                let mut off = (i * PART) as libc::loff_t;
+                let more = if i == 0 { libc::SPLICE_F_MORE } else { 0 };
+                libc::splice(file, &mut off, pipe.write, ptr::null_mut(), PART, 0) == PART as isize
+                    && libc::splice(
+                        pipe.read,
+                        ptr::null_mut(),
+                        pair.client,
+                        ptr::null_mut(),
+                        PART,
+                        more,
+                    ) == PART as isize
+            });
+        if file >= 0 {
+            libc::close(file);
+        }
+        spliced && first_record_len(pair.server) == Some(2 * PART + 17)
+    };
+    pipe.pending = 0;
+    pipe.close();
+    keeps
+}
+
+/// The length field of the first TLS record the peer receives, waiting at
+/// most a second for it.
+fn first_record_len(fd: c_int) -> Option<usize> {
+    let mut header = [0u8; 5];
+    let mut got = 0;
+    while got < header.len() {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd; the read stays inside header.
+        let n = unsafe {
+            if libc::poll(&mut pfd, 1, 1000) != 1 {
+                return None;
+            }
+            libc::read(fd, header[got..].as_mut_ptr().cast(), header.len() - got)
+        };
+        if n <= 0 {
+            return None;
+        }
+        got += n as usize;
+    }
+    Some(usize::from(u16::from_be_bytes([header[3], header[4]])))
+}
+
+/// Whether file data may go through pipes on this kernel.
+pub fn enabled() -> bool {
+    KEEPS_RECORDS_OPEN.load(Ordering::Relaxed)
+}
+
+/// The connection's pipe, taken from the worker's if it has none; `None`
+/// when every pipe is in use (the caller reads into the buffer instead).
+///
+/// # Safety
+/// `c` must be a live TLS connection taken over by the module.
+pub unsafe fn pipe_of(c: *mut ngx_connection_t) -> Option<&'static mut Pipe> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let ssl = (*(*c).ssl).connection;
+        let state = state::get(ssl)?;
+        if state.splice_refused {
+            return None;
+        }
+        if state.pipe.is_none() {
+            if !state.pipe_cleanup && !add_cleanup(c, state) {
+                return None;
+            }
+            state.pipe = take();
+            if state.pipe.is_some() {
+                debug!((*c).log, "splice: pipe taken");
+            }
+        }
+        state.pipe.as_mut()
+    }
+}
+
+/// Bytes waiting in the connection's pipe.
+///
+/// # Safety
+/// `ssl` must be a live OpenSSL connection.
+pub unsafe fn pending(ssl: *mut SSL) -> usize {
+    // SAFETY: forwarded from the caller.
+    unsafe { state::get(ssl) }
+        .and_then(|s| s.pipe.as_ref())
+        .map_or(0, |p| p.pending)
+}
+
+/// Gives the connection's pipe back to the worker if it is empty, so that
+/// idle connections hold none.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+pub unsafe fn release_if_empty(c: *mut ngx_connection_t) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let Some(state) = state::get((*(*c).ssl).connection) else {
+            return;
+        };
+        if state.pipe.as_ref().is_some_and(|p| p.pending == 0) {
+            give_back(state.pipe.take());
+            debug!((*c).log, "splice: pipe given back");
+        }
+    }
+}
+
+fn take() -> Option<Pipe> {
+    POOL.with_borrow_mut(|pool| {
+        if let Some(pipe) = pool.idle.pop() {
+            return Some(pipe);
+        }
+        if pool.open == MAX_PIPES {
+            return None;
+        }
+        let pipe = Pipe::open()?;
+        pool.open += 1;
+        Some(pipe)
+    })
+}
+
+/// An empty pipe goes back to the worker; one with bytes in it is closed,
+/// since nothing may read those bytes any more.
+fn give_back(pipe: Option<Pipe>) {
+    let Some(pipe) = pipe else { return };
+    POOL.with_borrow_mut(|pool| {
+        if pipe.pending == 0 {
+            pool.idle.push(pipe);
+        } else {
+            pool.open -= 1;
+            pipe.close();
+        }
+    });
+}
+
+/// Makes the end of the connection give its pipe back.
+///
+/// # Safety
+/// `c` must be a live connection whose pool holds `state`.
+unsafe fn add_cleanup(c: *mut ngx_connection_t, state: &mut ConnState) -> bool {
+    // SAFETY: the cleanup runs when the connection's pool is destroyed,
+    // before the pool's memory (which holds the state) is freed.
+    unsafe {
+        let cln = ngx_pool_cleanup_add((*c).pool, 0);
+        if cln.is_null() {
+            return false;
+        }
+        (*cln).handler = Some(connection_ends);
+        (*cln).data = ptr::from_mut(state).cast();
+    }
+    state.pipe_cleanup = true;
+    true
+}
+
+unsafe extern "C" fn connection_ends(data: *mut c_void) {
+    // SAFETY: data is the connection's state, still in its pool.
+    let state = unsafe { &mut *data.cast::<ConnState>() };
+    give_back(state.pipe.take());
+}
+
+/// Writes memory bytes into the pipe.
+///
+/// # Safety
+/// `c` must be a live TLS connection holding a pipe.
+pub unsafe fn fill_memory(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> {
+    // SAFETY: forwarded from the caller; data is readable.
+    unsafe {
+        let Some(pipe) = pipe_of(c) else {
+            return Ok(Io::Again);
+        };
+        loop {
+            let n = libc::write(pipe.write, data.as_ptr().cast(), data.len());
+            debug!((*c).log, "splice: pipe write {}: {}", data.len(), n);
+            if n > 0 {
+                pipe.pending += n as usize;
+                return Ok(Io::Sent(n as usize));
+            }
+            match ngx_errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN => return Ok(Io::Again),
+                err => {
+                    return Err(ssl::fail(
+                        c,
+                        SSL_ERROR_SYSCALL,
+                        err,
+                        c"write() to pipe failed",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Splices up to `len` bytes of `file`'s file, from its position, into the
+/// pipe.
+///
+/// # Safety
+/// `c` must be a live TLS connection holding a pipe, and `file` a live
+/// buffer in a file that stays open while its buffer is in the chain.
+pub unsafe fn fill_file(
+    c: *mut ngx_connection_t,
+    file: *const ngx_buf_t,
+    len: usize,
+) -> Result<Piped, Fatal> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let Some(pipe) = pipe_of(c) else {
+            return Ok(Piped::Full);
+        };
+        let mut off = (*file).file_pos;
+        debug!((*c).log, "splice to pipe: @{} {}", off, len);
+        loop {
+            let n = libc::splice(
+                (*(*file).file).fd,
+                &mut off,
+                pipe.write,
+                ptr::null_mut(),
+                len,
+                libc::SPLICE_F_NONBLOCK,
+            );
+            debug!((*c).log, "splice: {}", n);
+            if n > 0 {
+                pipe.pending += n as usize;
+                add_splice_bytes(c, n as u64);
+                return Ok(Piped::Moved(n as usize));
+            }
+            if n == 0 {
+                return Err(ssl::sendfile_truncated(c, file, "splice"));
+            }
+            match ngx_errno() {
+                libc::EINTR => continue,
+                libc::EAGAIN => return Ok(Piped::Full),
+                libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP => {
+                    // The file system cannot splice: this connection reads
+                    // into the buffer from now on.
+                    debug!((*c).log, "splice: refused, reading instead");
+                    if let Some(state) = state::get((*(*c).ssl).connection) {
+                        state.splice_refused = true;
+                    }
+                    return Ok(Piped::Refused);
+                }
+                err => {
+                    let name = CStr::from_ptr((*(*file).file).name.data as *const c_char);
+                    log_error!(
+                        NGX_LOG_CRIT,
+                        (*c).log,
+                        "splice() \"{}\" failed ({}: {})",
+                        name.to_string_lossy(),
+                        err,
+                        std::io::Error::from_raw_os_error(err)
+                    );
+                    return Err(ssl::abandon(c));
+                }
+            }
+        }
+    }
+}
+
+/// Splices the pipe's bytes to the kTLS socket, with `SPLICE_F_MORE` when
+/// `more` is set.
+///
+/// # Safety
+/// `c` must be a live TLS connection with kTLS sending.
+pub unsafe fn drain(c: *mut ngx_connection_t, more: bool) -> Result<Io, Fatal> {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let Some(pipe) = state::get((*(*c).ssl).connection).and_then(|s| s.pipe.as_mut()) else {
+            return Ok(Io::Again);
+        };
+        let flags = libc::SPLICE_F_NONBLOCK | if more { libc::SPLICE_F_MORE } else { 0 };
+        loop {
+            let n = libc::splice(
+                pipe.read,
+                ptr::null_mut(),
+                (*c).fd,
+                ptr::null_mut(),
+                pipe.pending,
+                flags,
+            );
+            debug!(
+                (*c).log,
+                "splice to socket: fd:{} {} of {}{}",
+                (*c).fd,
+                n,
+                pipe.pending,
+                if more { " SPLICE_F_MORE" } else { "" }
+            );
+            if n > 0 {
+                pipe.pending -= n as usize;
+                ssl::kernel_wrote(c, n as usize)?;
+                return Ok(Io::Sent(n as usize));
+            }
+            // A pipe with bytes in it never reads as empty.
+            let err = if n == 0 { libc::EPIPE } else { ngx_errno() };
+            match err {
+                libc::EINTR => continue,
+                libc::EAGAIN => {
+                    debug!((*c).log, "splice() not ready");
+                    return ssl::sendfile_wait_writable(c);
+                }
+                _ => return Err(ssl::fail(c, SSL_ERROR_SYSCALL, err, c"splice() failed")),
+            }
+        }
+    }
+}
+
+/// Counts file bytes spliced into the connection's pipe.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+unsafe fn add_splice_bytes(c: *mut ngx_connection_t, n: u64) {
+    // SAFETY: forwarded from the caller.
+    if let Some(state) = unsafe { state::get((*(*c).ssl).connection) } {
+        state.splice_bytes += n;
+    }
+}
+
+/// `cachestat()` (Linux 6.5, the same number on every architecture); the
+/// `libc` crate does not name it everywhere.
+#[cfg(ngx_feature = "threads")]
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// Whether every page of `len` bytes of `fd` from `offset` is in the page
+/// cache, so that splicing it cannot wait for the disk.  Pages on their way
+/// in count as there: such a splice waits only for that read.
+#[cfg(ngx_feature = "threads")]
+pub fn cached(fd: c_int, offset: i64, len: usize) -> bool {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    // SAFETY: sysconf() has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let Ok(offset) = u64::try_from(offset) else {
+        return false;
+    };
+    if len == 0 {
+        return true;
+    }
+    let range = Range {
+        off: offset,
+        len: len as u64,
+    };
+    let mut stat = Stat::default();
+    // SAFETY: both structures are laid out as the kernel's.
+    let rc = unsafe { libc::syscall(SYS_CACHESTAT, fd, &range, &mut stat, 0) };
+    let pages = (offset + len as u64).div_ceil(page) - offset / page;
+    rc == 0 && stat.nr_cache >= pages
+}
