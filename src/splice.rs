@@ -420,6 +420,9 @@ pub unsafe fn drain(c: *mut ngx_connection_t, more: bool) -> Result<Io, Fatal> {
                 if more { " SPLICE_F_MORE" } else { "" }
             );
             if n > 0 {
+                if (n as usize) < pipe.pending {
+                    ssl::kernel_full(c);
+                }
                 pipe.pending -= n as usize;
                 ssl::kernel_wrote(c, n as usize)?;
                 return Ok(Io::Sent(n as usize));

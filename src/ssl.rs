@@ -496,6 +496,21 @@ unsafe fn push_pending_frames(c: *mut ngx_connection_t) {
     }
 }
 
+/// The kTLS socket took less than it was offered: it is full.  The last
+/// segment may be held back for what was to follow (`MSG_MORE`), and with a
+/// small send buffer nothing else is in flight to make the socket writable
+/// again, so it is pushed, as after a sendfile that ran out of space.
+///
+/// # Safety
+/// `c` must be a live TLS connection.
+pub unsafe fn kernel_full(c: *mut ngx_connection_t) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        push_pending_frames(c);
+        (*(*c).write).set_ready(0);
+    }
+}
+
 /// `n` bytes went to the kTLS socket around OpenSSL: they count as sent,
 /// and reading that a WANT_READ held up resumes, as after any write.
 ///

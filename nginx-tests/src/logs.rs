@@ -6,12 +6,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The `log_format` every test server uses: tab-separated so that no field needs quoting.
-/// Without the module its variables do not exist, and the three fields are a literal `-`.
+/// Without the module its variables do not exist, and the four fields are a literal `-`.
 pub fn log_format() -> String {
     let ktls = if module_loaded() {
-        "$ktls_tx\t$ktls_rx\t$ktls_sendfile_bytes"
+        "$ktls_tx\t$ktls_rx\t$ktls_sendfile_bytes\t$ktls_splice_bytes"
     } else {
-        "-\t-\t-"
+        "-\t-\t-\t-"
     };
     format!(
         "log_format ktls '$connection\t$connection_requests\t$request_uri\t$status\t\
@@ -40,6 +40,8 @@ pub struct AccessEntry {
     /// `$ktls_sendfile_bytes`; `None` without the module, or when the variable is not found
     /// (logged as `-`), which the module does on connections it did not take over.
     pub ktls_sendfile_bytes: Option<u64>,
+    /// `$ktls_splice_bytes`, as `ktls_sendfile_bytes`.
+    pub ktls_splice_bytes: Option<u64>,
     pub server_port: u16,
     pub server_protocol: String,
 }
@@ -47,10 +49,17 @@ pub struct AccessEntry {
 impl AccessEntry {
     fn parse(line: &str) -> Option<AccessEntry> {
         let f: Vec<&str> = line.split('\t').collect();
-        if f.len() != 14 {
+        if f.len() != 15 {
             return None;
         }
         let opt = |s: &str| (s != "-" || module_loaded()).then(|| s.to_string());
+        let count = |s: &str| -> Option<Option<u64>> {
+            if s == "-" {
+                Some(None)
+            } else {
+                s.parse().ok().map(Some)
+            }
+        };
         Some(AccessEntry {
             connection: f[0].parse().ok()?,
             connection_requests: f[1].parse().ok()?,
@@ -63,13 +72,10 @@ impl AccessEntry {
             ssl_early_data: f[8].to_string(),
             ktls_tx: opt(f[9]),
             ktls_rx: opt(f[10]),
-            ktls_sendfile_bytes: if f[11] == "-" {
-                None
-            } else {
-                Some(f[11].parse().ok()?)
-            },
-            server_port: f[12].parse().ok()?,
-            server_protocol: f[13].to_string(),
+            ktls_sendfile_bytes: count(f[11])?,
+            ktls_splice_bytes: count(f[12])?,
+            server_port: f[13].parse().ok()?,
+            server_protocol: f[14].to_string(),
         })
     }
 }

@@ -297,6 +297,27 @@ impl Nginx {
         }
     }
 
+    /// What the worker processes (children of the master) have open: `(sockets, pipes)`.
+    pub fn worker_descriptors(&self) -> (usize, usize) {
+        let master = self.child.as_ref().map_or(0, Child::id);
+        let mut counts = (0, 0);
+        for pid in children_of(master) {
+            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let target = fs::read_link(fd.path()).unwrap_or_default();
+                let target = target.to_string_lossy();
+                if target.starts_with("socket:") {
+                    counts.0 += 1;
+                } else if target.starts_with("pipe:") {
+                    counts.1 += 1;
+                }
+            }
+        }
+        counts
+    }
+
     pub fn prefix(&self) -> &Path {
         self.dir.path()
     }
@@ -461,4 +482,25 @@ pub fn config_test(binary: &Path, dir: WorkDir, conf_text: &str) -> ConfigTest {
         conf_text: conf_text.to_string(),
         _dir: dir,
     }
+}
+
+/// The processes whose parent is `pid`, from `/proc/*/stat` (field 4).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The command name (field 2) may hold spaces: count from its ')'.
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split(' ').nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
