@@ -1,4 +1,4 @@
-//! The `ktls` directive.
+//! The module's directives.
 
 use nginx_sys::ngx_flag_t;
 use ngx::http::{Merge, MergeConfigError};
@@ -12,6 +12,9 @@ pub struct ServerConf {
     /// `ktls_sendfile_min_size size;`: runs of file data shorter than this
     /// are read into the TLS buffer rather than sent with `SSL_sendfile()`.
     pub sendfile_min: usize,
+    /// `ktls_splice on | off;`: whether those runs go through a pipe where
+    /// the kernel keeps TLS records open across splices.
+    pub splice: ngx_flag_t,
 }
 
 /// `NGX_CONF_UNSET` for an `ngx_flag_t`.
@@ -28,6 +31,7 @@ impl Default for ServerConf {
         ServerConf {
             enable: UNSET,
             sendfile_min: UNSET_SIZE,
+            splice: UNSET,
         }
     }
 }
@@ -36,6 +40,9 @@ impl Merge for ServerConf {
     fn merge(&mut self, prev: &ServerConf) -> Result<(), MergeConfigError> {
         if self.enable == UNSET {
             self.enable = if prev.enable == UNSET { 1 } else { prev.enable };
+        }
+        if self.splice == UNSET {
+            self.splice = if prev.splice == UNSET { 1 } else { prev.splice };
         }
         if self.sendfile_min == UNSET_SIZE {
             self.sendfile_min = if prev.sendfile_min == UNSET_SIZE {
@@ -56,6 +63,7 @@ mod tests {
         ServerConf {
             enable,
             sendfile_min: UNSET_SIZE,
+            splice: UNSET,
         }
     }
 
@@ -65,6 +73,7 @@ mod tests {
         c.merge(&conf(UNSET)).unwrap();
         assert_eq!(c.enable, 1);
         assert_eq!(c.sendfile_min, DEFAULT_SENDFILE_MIN);
+        assert_eq!(c.splice, 1);
     }
 
     #[test]
@@ -73,9 +82,11 @@ mod tests {
         c.merge(&ServerConf {
             enable: UNSET,
             sendfile_min: 0,
+            splice: 0,
         })
         .unwrap();
         assert_eq!(c.sendfile_min, 0);
+        assert_eq!(c.splice, 0);
     }
 
     #[test]

@@ -24,10 +24,11 @@ use crate::{kernel, key_update, splice, state, takeover, variables};
 /// The module's type, for the `ngx` crate's configuration helpers.
 pub struct HttpKtlsModule;
 
-/// `ktls on | off;` and `ktls_sendfile_min_size size;` in http and server;
+/// `ktls on | off;`, `ktls_sendfile_min_size size;` and `ktls_splice on |
+/// off;` in http and server;
 /// nginx's own parsers give the usual `nginx -t` errors for a bad value or a
 /// wrong context.
-static mut COMMANDS: [ngx_command_t; 3] = [
+static mut COMMANDS: [ngx_command_t; 4] = [
     ngx_command_t {
         name: ngx_string!("ktls"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG) as ngx_uint_t,
@@ -42,6 +43,14 @@ static mut COMMANDS: [ngx_command_t; 3] = [
         set: Some(ngx_conf_set_size_slot),
         conf: NGX_HTTP_SRV_CONF_OFFSET as ngx_uint_t,
         offset: core::mem::offset_of!(ServerConf, sendfile_min),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("ktls_splice"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG) as ngx_uint_t,
+        set: Some(ngx_conf_set_flag_slot),
+        conf: NGX_HTTP_SRV_CONF_OFFSET as ngx_uint_t,
+        offset: core::mem::offset_of!(ServerConf, splice),
         post: ptr::null_mut(),
     },
     ngx_command_t::empty(),

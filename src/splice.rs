@@ -194,7 +194,7 @@ pub unsafe fn pipe_of(c: *mut ngx_connection_t) -> Option<&'static mut Pipe> {
     unsafe {
         let ssl = (*(*c).ssl).connection;
         let state = state::get(ssl)?;
-        if state.splice_refused {
+        if !state.splice {
             return None;
         }
         if state.pipe.is_none() {
@@ -369,7 +369,7 @@ pub unsafe fn fill_file(
                     // into the buffer from now on.
                     debug!((*c).log, "splice: refused, reading instead");
                     if let Some(state) = state::get((*(*c).ssl).connection) {
-                        state.splice_refused = true;
+                        state.splice = false;
                     }
                     return Ok(Piped::Refused);
                 }

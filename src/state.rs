@@ -32,8 +32,9 @@ pub struct ConnState {
     pub pipe: Option<Pipe>,
     /// The connection's pool gives the pipe back when it is destroyed.
     pub pipe_cleanup: bool,
-    /// A file could not be spliced: the connection reads files instead.
-    pub splice_refused: bool,
+    /// Short file runs may go through a pipe (`ktls_splice`); cleared when
+    /// a file cannot be spliced, and the connection reads files instead.
+    pub splice: bool,
 }
 
 static EX_INDEX: AtomicI32 = AtomicI32::new(-1);
@@ -86,6 +87,7 @@ pub unsafe fn attach(
     ssl: *mut SSL,
     pool: *mut ngx_pool_t,
     sendfile_min: u64,
+    splice: bool,
     ssl_write_pending: bool,
 ) -> Result<(), ()> {
     let index = EX_INDEX.load(Ordering::Relaxed);
@@ -105,7 +107,7 @@ pub unsafe fn attach(
             splice_bytes: 0,
             pipe: None,
             pipe_cleanup: false,
-            splice_refused: false,
+            splice,
         });
         if SSL_set_ex_data(ssl, index, state.cast()) != 1 {
             return Err(());

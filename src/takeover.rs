@@ -86,7 +86,8 @@ unsafe fn take_over(r: *mut ngx_http_request_t) {
             ptr::write_bytes(last, 0, (*buf).end.offset_from(last) as usize);
         }
         let sendfile_min = conf.sendfile_min as u64;
-        if state::attach((*ssl).connection, (*c).pool, sendfile_min, buffered).is_err() {
+        let splice = conf.splice == 1;
+        if state::attach((*ssl).connection, (*c).pool, sendfile_min, splice, buffered).is_err() {
             // Nothing is lost: nginx's own path stays in place.
             debug!(
                 (*c).log,

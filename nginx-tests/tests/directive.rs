@@ -122,3 +122,28 @@ fn wrong_contexts_fail() {
         "\"ktls\" directive is not allowed here",
     );
 }
+
+#[test]
+fn ktls_splice_is_checked_like_ktls() {
+    if !module_loaded() {
+        skipped("ktls_splice_is_checked_like_ktls: needs the module (KTLS_MODULE=none)");
+        return;
+    }
+    let t = Setup::new("splice-ok")
+        .http("ktls_splice off;")
+        .http(&extra_server("ktls_splice on;"))
+        .config_test();
+    assert!(t.status.success(), "{}", t.stderr);
+    assert_rejected(
+        "value",
+        Setup::new("splice-value").http(&extra_server("ktls_splice yes;")),
+        "ktls_splice yes;",
+        "invalid value \"yes\" in \"ktls_splice\" directive, it must be \"on\" or \"off\"",
+    );
+    assert_rejected(
+        "location",
+        Setup::new("splice-location").http(&extra_server("location /l { ktls_splice on; }")),
+        "location /l { ktls_splice on; }",
+        "\"ktls_splice\" directive is not allowed here",
+    );
+}

@@ -5,7 +5,7 @@
 //! connection with an alert.
 
 use nginx_ktls_tests::body::{assert_body, pseudo_random};
-use nginx_ktls_tests::config::{expect_kernel, module_loaded};
+use nginx_ktls_tests::config::{expect_kernel, module_loaded, skipped};
 use nginx_ktls_tests::h2::{self, H2};
 use nginx_ktls_tests::kernel;
 use nginx_ktls_tests::logs::{assert_send_path, connection_lines, Ktls, Sent};
@@ -79,6 +79,33 @@ fn h2_file_data_goes_through_the_pipe_where_records_stay_open() {
             assert!(!drained, "{what}: a splice where records end at every call");
         }
     }
+    srv.finish();
+}
+
+#[test]
+fn ktls_splice_off_reads_short_runs_into_the_buffer() {
+    if !module_loaded() {
+        skipped("ktls_splice off: needs the module's directive (KTLS_MODULE=none)");
+        return;
+    }
+    let big = pseudo_random(94, 300_000);
+    let srv = Setup::new("splice-off")
+        .http2()
+        .http("ktls_splice off;")
+        .file("big", big.clone())
+        .start();
+    let mut conn = TlsConn::connect(srv.port(Ktls::On), &h2_opts()).expect("connect");
+    let r = h2::get_concurrent(&mut conn, &["/big?off"]).expect("download");
+    assert_body("ktls_splice off", &big, &r[0].body);
+    let e = srv.entry("/big?off");
+    assert_send_path(
+        "ktls_splice off",
+        Ktls::On,
+        &srv.error_log(),
+        &e,
+        Sent::MayCopy,
+    );
+    assert_eq!(e.ktls_splice_bytes, Some(0), "{e:?}");
     srv.finish();
 }
 
