@@ -339,7 +339,7 @@ pub unsafe fn fill_file(
     // SAFETY: forwarded from the caller.
     unsafe {
         let Some(pipe) = pipe_of(c) else {
-            return Ok(Piped::Full);
+            return Ok(Piped::Refused);
         };
         let mut off = (*file).file_pos;
         debug!((*c).log, "splice to pipe: @{} {}", off, len);
@@ -363,7 +363,10 @@ pub unsafe fn fill_file(
             }
             match ngx_errno() {
                 libc::EINTR => continue,
-                libc::EAGAIN => return Ok(Piped::Full),
+                // Only a full pipe says "again"; an empty one that did
+                // would never be drained, so the part is read instead.
+                libc::EAGAIN if pipe.pending > 0 => return Ok(Piped::Full),
+                libc::EAGAIN => return Ok(Piped::Refused),
                 libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP => {
                     // The file system cannot splice: this connection reads
                     // into the buffer from now on.

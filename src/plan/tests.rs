@@ -267,6 +267,8 @@ struct FakePipe {
     bytes: Vec<u8>,
     /// Splicing from files is refused (a file system without it).
     refuses: bool,
+    /// A refusal was seen: the connection reads files from then on.
+    refused: bool,
     /// With `aio threads`, the page cache lacks the files: no splicing.
     uncached: bool,
 }
@@ -439,7 +441,7 @@ impl Transport<FakeChain> for FakeTls {
         let offloads = self.threads.borrow().on;
         self.pipe
             .as_ref()
-            .is_some_and(|p| !(p.refuses || offloads && p.uncached))
+            .is_some_and(|p| !(p.refused || offloads && p.uncached))
     }
 
     fn piped(&self) -> usize {
@@ -472,7 +474,9 @@ impl Transport<FakeChain> for FakeTls {
             return Err(Fatal);
         }
         let pipe = self.pipe.as_mut().expect("no pipe");
+        assert!(!pipe.refused, "splice after a refusal");
         if pipe.refuses {
+            pipe.refused = true;
             return Ok(Piped::Refused);
         }
         let n = len.min(pipe.capacity - pipe.bytes.len());

@@ -89,15 +89,21 @@ fn full_pipe_and_full_socket_keep_order_and_close_records() {
 }
 
 #[test]
-fn refused_splice_reads_into_the_buffer_as_before() {
+fn refused_splice_reads_into_the_buffer_from_then_on() {
     for (name, bufs) in offload_cases() {
-        let mut plain = Run::new(bufs.clone(), true, 16384);
-        plain.run_to_end(usize::MAX);
-        let mut run = with_pipe(bufs.clone(), 1 << 20);
-        run.tls.pipe.as_mut().unwrap().refuses = true;
-        run.run_to_end(usize::MAX);
-        assert_eq!(run.tls.out, concat(&bufs), "{name}");
-        assert_eq!(run.tls.ops, plain.tls.ops, "{name}");
+        for room in [7, 16385, usize::MAX] {
+            let mut run = with_pipe(bufs.clone(), 1 << 20);
+            run.tls.pipe.as_mut().unwrap().refuses = true;
+            run.tls.per_call = 7000;
+            run.run_to_end(room);
+            let what = format!("{name}, room {room}");
+            assert_eq!(run.tls.out, concat(&bufs), "{what}");
+            assert_eq!(run.tls.open, 0, "{what}: a record was left open");
+            assert!(
+                !run.tls.ops.iter().any(|op| matches!(op, Op::PipeFile(_))),
+                "{what}"
+            );
+        }
     }
 }
 
