@@ -450,6 +450,10 @@ impl Transport<FakeChain> for FakeTls {
 
     fn pipe_memory(&mut self, data: &[u8]) -> Result<Io, Fatal> {
         assert!(!data.is_empty(), "empty pipe write");
+        assert!(
+            !self.ssl_pending,
+            "pipe write while OpenSSL has pending bytes"
+        );
         let pipe = self.pipe.as_mut().expect("no pipe");
         let n = data.len().min(pipe.capacity - pipe.bytes.len());
         if n == 0 {
@@ -1147,4 +1151,5 @@ fn truncated_file_read_by_a_thread_is_fatal() {
     assert!(run.tls.ops.is_empty(), "nothing of the file was sent");
 }
 
+mod model;
 mod pipe;
