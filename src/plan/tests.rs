@@ -528,6 +528,7 @@ struct Run {
     pos: usize,
     last: usize,
     flush: bool,
+    sendfile_min: u64,
 }
 
 impl Run {
@@ -539,6 +540,7 @@ impl Run {
             pos: 0,
             last: 0,
             flush: false,
+            sendfile_min: MIN,
         }
     }
 
@@ -596,7 +598,13 @@ impl Run {
             last: self.last,
             flush: self.flush,
         };
-        let r = send_chain(&mut self.chain, &mut buf, &mut self.tls, limit, MIN);
+        let r = send_chain(
+            &mut self.chain,
+            &mut buf,
+            &mut self.tls,
+            limit,
+            self.sendfile_min,
+        );
         (self.pos, self.last, self.flush) = (buf.pos, buf.last, buf.flush);
         r
     }

@@ -134,6 +134,7 @@ fn check(gens: &[(Gen, bool)], setup: &Setup, steps: &[Step]) -> Result<(), Test
     let bufs = build(gens);
     let want = concat(&bufs);
     let mut run = Run::new(bufs, true, setup.bufsize);
+    run.sendfile_min = setup.sendfile_min;
     if setup.threads {
         run = run.with_threads();
     }
@@ -167,7 +168,7 @@ fn check(gens: &[(Gen, bool)], setup: &Setup, steps: &[Step]) -> Result<(), Test
         // whole (nginx's rule).
         let pending = run.last - run.pos + run.tls.piped();
         let ops_before = run.tls.ops.len();
-        let result = call_with(&mut run, step.limit, setup.sendfile_min);
+        let result = run.call(step.limit);
         prop_assert!(
             run.pos <= run.last && run.last <= run.mem.len(),
             "buffer out of bounds"
@@ -219,18 +220,6 @@ fn check(gens: &[(Gen, bool)], setup: &Setup, steps: &[Step]) -> Result<(), Test
     prop_assert_eq!(run.tls.open, 0, "a record was left open");
     prop_assert!(run.chain.bufs.is_empty());
     Ok(())
-}
-
-fn call_with(run: &mut Run, limit: u64, sendfile_min: u64) -> Result<bool, Fatal> {
-    let mut buf = SendBuf {
-        mem: &mut run.mem,
-        pos: run.pos,
-        last: run.last,
-        flush: run.flush,
-    };
-    let r = send_chain(&mut run.chain, &mut buf, &mut run.tls, limit, sendfile_min);
-    (run.pos, run.last, run.flush) = (buf.pos, buf.last, buf.flush);
-    r
 }
 
 proptest! {
