@@ -3,8 +3,8 @@
 
     report.py RAW_DIR OUT_DIR
 
-Reads RAW_DIR/ENV-{timing,counts,syscalls,probes}.tsv, ENV-error-log.txt and
-meta.txt;
+Reads RAW_DIR/ENV-{timing,counts,syscalls,probes,connection}.tsv,
+ENV-error-log.txt and meta.txt;
 writes OUT_DIR/bench.md and OUT_DIR/bench.csv and prints the Markdown.
 
 "Per response" means per response-equivalent: body bytes received divided by
@@ -21,11 +21,12 @@ import os
 import statistics
 import sys
 
-SETUP_ORDER = ["nginx-ktls", "module-ktls", "module-ktls-sf0", "userspace",
-               "host-nginx", "host-module"]
+SETUP_ORDER = ["nginx-ktls", "module-ktls", "module-ktls-preadv", "module-ktls-sf0",
+               "userspace", "host-nginx", "host-module"]
 # Each setup is compared with nginx's own send path in the same kernel.
-BASELINE = {"module-ktls": "nginx-ktls", "module-ktls-sf0": "nginx-ktls",
-            "userspace": "nginx-ktls", "host-module": "host-nginx"}
+BASELINE = {"module-ktls": "nginx-ktls", "module-ktls-preadv": "nginx-ktls",
+            "module-ktls-sf0": "nginx-ktls", "userspace": "nginx-ktls",
+            "host-module": "host-nginx"}
 WORKLOAD_ORDER = ["h1-4k", "h1-64k", "h1-1m", "h1-64m", "h2-1m-s1", "h2-1m-s8",
                   "h2-64m-s1", "h2-64m-s8", "h1-ssi", "h1-ranges"]
 FILE_SIZES = {"64m": 64 << 20}
@@ -35,6 +36,7 @@ METRICS = [
     ("rps", "req/s", "responses/s", True),
     ("cpu_per_gb", "worker CPU s/GB", "s/GB", False),
     ("syscalls", "syscalls/resp", "calls/response", False),
+    ("file_kib", "KiB copied from files/resp", "KiB/response", False),
     ("records", "TLS records/resp", "records/response", False),
     ("small_records", "records <1 KiB/resp", "records/response", False),
 ]
@@ -70,6 +72,8 @@ def seconds(text):
 def fmt(value):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if value == 0:
+        return "0"
     magnitude = abs(value)
     if magnitude >= 100:
         return f"{value:.0f}"
@@ -107,12 +111,13 @@ class Results:
         # (env, setup) -> what a connection without requests costs: the
         # median of the measurements (timer calls vary by a few).
         measured = collections.defaultdict(lambda: collections.defaultdict(list))
-        for env, setup, version, syscalls, counters in read_tsv(
+        for env, setup, version, syscalls, file_bytes, counters in read_tsv(
                 os.path.join(raw_dir, "*-connection.tsv")):
             relay = dict(item.split("=") for item in counters.split())
             costs = measured[(env, setup)]
             costs["version"] = version
             costs["syscalls"].append(int(syscalls))
+            costs["file_kib"].append(int(file_bytes) / 1024)
             costs["records"].append(int(relay["appdata"]))
             costs["small_records"].append(int(relay["appdata_small"]))
         self.connection = {
@@ -156,7 +161,8 @@ class Results:
     def read_counts(self, counts_path, syscalls_path):
         responses_of = {}
         for row in read_tsv(counts_path):
-            env, setup, workload, rep, _elapsed, data, _ok, failed, total, counters = row
+            (env, setup, workload, rep, _elapsed, data, _ok, failed, total, file_bytes,
+             counters) = row
             key = (workload, setup)
             self.env_of[setup] = env
             relay = dict(item.split("=") for item in counters.split())
@@ -175,6 +181,7 @@ class Results:
             connections = int(relay["connections"])
             setup_cost = self.connection.get((env, setup), {})
             for metric, measured in (("syscalls", int(total)),
+                                     ("file_kib", int(file_bytes) / 1024),
                                      ("records", int(relay["appdata"])),
                                      ("small_records", int(relay["appdata_small"]))):
                 net = measured - connections * setup_cost.get(metric, 0)
@@ -239,8 +246,11 @@ def markdown(results):
         "(h2load straight to nginx); req/s counts response-equivalents (body bytes received / "
         "body size of one response), because a timed pass stops in the middle of a response. "
         "MB = 10^6 bytes of response body. Worker CPU = utime+stime of the nginx worker "
-        "(/proc/PID/stat, 10 ms ticks) over the timing pass. System calls (strace -c attached "
-        "to the worker) and TLS records (application-data records server->client, counted by "
+        "(/proc/PID/stat, 10 ms ticks) over the timing pass. System calls (all of the "
+        "worker's, failed ones included, from a full strace of the worker), KiB copied from "
+        "files (what the worker's successful read/readv/pread64/preadv/preadv2 calls on the "
+        "served files returned, from the same trace: file data read into userspace rather "
+        "than sent with sendfile or splice; KiB = 1024 bytes) and TLS records (application-data records server->client, counted by "
         "a relay from the plaintext record headers) come from separate counting passes of a "
         "fixed number of requests, and are net of what one connection costs without any "
         "request (handshake, session tickets, accept, close: see Connection setup below). "
@@ -326,14 +336,14 @@ def markdown(results):
         "",
         "Median of the measurements (system calls: min..max).",
         "",
-        "| setup | protocol | TLS records | of them < 1 KiB | system calls |",
-        "|---|---|---|---|---|",
+        "| setup | protocol | TLS records | of them < 1 KiB | system calls | KiB from files |",
+        "|---|---|---|---|---|---|",
     ]
     for (env, setup), cost in sorted(results.connection.items(),
                                      key=lambda item: order_key(SETUP_ORDER, item[0][1])):
         lines.append(f"| {setup} | {cost['version']} | {whole(cost['records'])} | "
                      f"{whole(cost['small_records'])} | {whole(cost['syscalls'])} "
-                     f"[{cost['range']}] |")
+                     f"[{cost['range']}] | {fmt(cost['file_kib'])} |")
 
     lines += ["", "## Checks", ""]
     for env in sorted(set(results.env_of.values())):

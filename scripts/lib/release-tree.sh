@@ -92,6 +92,25 @@ make_release_tree() {
     touch "$dir/.complete"
 }
 
+# Installs those of PACKAGES that the tree of RELEASE lacks (making the tree
+# first if there is none), under the tree's lock: another run may be making
+# or extending it at the same time.
+ensure_in_release_tree() {
+    local release=$1 dir lock_fd
+    shift
+    ensure_release_tree "$release"
+    dir=$(release_dir "$release")
+    local -a missing=()
+    mapfile -t missing < <(comm -23 <(printf '%s\n' "$@" | sort -u) \
+        <(installed_in_release_tree "$dir/root" "$@" | sort -u))
+    ((${#missing[@]} > 0)) || return 0
+    exec {lock_fd}>"$dir/.lock"
+    flock -w 1200 "$lock_fd" || die "timed out waiting for $dir/.lock"
+    log "installing ${missing[*]} in the $release tree"
+    install_in_release_tree "$dir/root" "${missing[@]}"
+    exec {lock_fd}>&-
+}
+
 ensure_release_tree() {
     local release=$1 dir lock_fd
     dir=$(release_dir "$release")
