@@ -120,7 +120,7 @@ fn probe_keeps_records_open() -> bool {
     let Some(pair) = kernel::KtlsLoopback::open() else {
         return false;
     };
-    let Some(mut pipe) = Pipe::open() else {
+    let Some(pipe) = Pipe::open() else {
         return false;
     };
     // SAFETY: descriptors made here and closed below; the buffers are
@@ -148,7 +148,6 @@ fn probe_keeps_records_open() -> bool {
         }
         spliced && first_record_len(pair.server) == Some(2 * PART + 17)
     };
-    pipe.pending = 0;
     pipe.close();
     keeps
 }
@@ -210,15 +209,23 @@ pub unsafe fn pipe_of(c: *mut ngx_connection_t) -> Option<&'static mut Pipe> {
     }
 }
 
+/// The pipe the connection holds, if any; unlike [`pipe_of`], never takes
+/// one.
+///
+/// # Safety
+/// `ssl` must be a live OpenSSL connection.
+unsafe fn held(ssl: *mut SSL) -> Option<&'static mut Pipe> {
+    // SAFETY: forwarded from the caller.
+    unsafe { state::get(ssl) }.and_then(|s| s.pipe.as_mut())
+}
+
 /// Bytes waiting in the connection's pipe.
 ///
 /// # Safety
 /// `ssl` must be a live OpenSSL connection.
 pub unsafe fn pending(ssl: *mut SSL) -> usize {
     // SAFETY: forwarded from the caller.
-    unsafe { state::get(ssl) }
-        .and_then(|s| s.pipe.as_ref())
-        .map_or(0, |p| p.pending)
+    unsafe { held(ssl) }.map_or(0, |p| p.pending)
 }
 
 /// Gives the connection's pipe back to the worker if it is empty, so that
@@ -299,7 +306,7 @@ unsafe extern "C" fn connection_ends(data: *mut c_void) {
 pub unsafe fn fill_memory(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> {
     // SAFETY: forwarded from the caller; data is readable.
     unsafe {
-        let Some(pipe) = pipe_of(c) else {
+        let Some(pipe) = held((*(*c).ssl).connection) else {
             return Ok(Io::Again);
         };
         loop {
@@ -338,7 +345,7 @@ pub unsafe fn fill_file(
 ) -> Result<Piped, Fatal> {
     // SAFETY: forwarded from the caller.
     unsafe {
-        let Some(pipe) = pipe_of(c) else {
+        let Some(pipe) = held((*(*c).ssl).connection) else {
             return Ok(Piped::Refused);
         };
         let mut off = (*file).file_pos;
@@ -401,7 +408,7 @@ pub unsafe fn fill_file(
 pub unsafe fn drain(c: *mut ngx_connection_t, more: bool) -> Result<Io, Fatal> {
     // SAFETY: forwarded from the caller.
     unsafe {
-        let Some(pipe) = state::get((*(*c).ssl).connection).and_then(|s| s.pipe.as_mut()) else {
+        let Some(pipe) = held((*(*c).ssl).connection) else {
             return Ok(Io::Again);
         };
         let flags = libc::SPLICE_F_NONBLOCK | if more { libc::SPLICE_F_MORE } else { 0 };
