@@ -309,6 +309,8 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
     }
 
     let mut flush = chain.head().is_none() || buf.flush;
+    // An empty run is not worth a sendfile, whatever the minimum.
+    let sendfile_min = sendfile_min.max(1);
 
     loop {
         // Asked once a round: a write through OpenSSL can finish the

@@ -183,6 +183,11 @@ impl Chain for FakeChain {
         let start = offset + b.pos as u64;
         let data = bytes[b.pos..b.pos + len].to_vec();
         b.pos += len;
+        if len == 0 {
+            // As in chain.rs: nothing to read is no read.
+            self.pop_if_done();
+            return Ok(Read::Done);
+        }
         // Neighbouring parts of one file join the read before them.
         match self.reads.last_mut() {
             Some(r) if r.1 + r.2.iter().map(|p| p.1.len() as u64).sum::<u64>() == start => {
@@ -287,7 +292,10 @@ struct FakeTls {
     per_call: usize,
     out: Vec<u8>,
     ops: Vec<Op>,
+    /// The next write of any kind fails.
     fail: bool,
+    /// A write failed: the connection is closed, nothing more may go out.
+    failed: bool,
     /// TLS records completed, and bytes in the record the kernel holds open.
     records: usize,
     open: usize,
@@ -305,6 +313,7 @@ impl FakeTls {
             out: vec![],
             ops: vec![],
             fail: false,
+            failed: false,
             records: 0,
             open: 0,
             threads: Threads::default(),
@@ -332,6 +341,17 @@ impl FakeTls {
         self.room -= n;
         self.kernel_records(n, true);
         Io::Sent(n)
+    }
+
+    /// The start of every write: none after a failure, and this one fails
+    /// when the test says so.
+    fn io(&mut self) -> Result<(), Fatal> {
+        assert!(!self.failed, "written to after a failure");
+        if self.fail {
+            self.failed = true;
+            return Err(Fatal);
+        }
+        Ok(())
     }
 
     fn accept(&mut self, len: usize) -> usize {
@@ -373,9 +393,7 @@ impl Transport<FakeChain> for FakeTls {
         assert!(!data.is_empty(), "empty SSL_write");
         assert_eq!(self.open, 0, "SSL_write inside an open kernel record");
         assert_eq!(self.piped(), 0, "SSL_write before the pipe's bytes");
-        if self.fail {
-            return Err(Fatal);
-        }
+        self.io()?;
         let n = self.accept(data.len());
         if n == 0 {
             self.ssl_pending = true;
@@ -396,6 +414,7 @@ impl Transport<FakeChain> for FakeTls {
         );
         assert_eq!(self.piped(), 0, "send before the pipe's bytes");
         assert!(!data.is_empty(), "empty send");
+        self.io()?;
         let n = self.accept(data.len());
         if n == 0 {
             return Ok(Io::Again);
@@ -419,6 +438,7 @@ impl Transport<FakeChain> for FakeTls {
             chain.file_run(len as u64),
             "sendfile beyond the file run"
         );
+        self.io()?;
         let mut pool = self.threads.borrow_mut();
         if pool.on {
             assert!(pool.running.is_none(), "a second task while one runs");
@@ -454,6 +474,7 @@ impl Transport<FakeChain> for FakeTls {
             !self.ssl_pending,
             "pipe write while OpenSSL has pending bytes"
         );
+        self.io()?;
         let pipe = self.pipe.as_mut().expect("no pipe");
         let n = data.len().min(pipe.capacity - pipe.bytes.len());
         if n == 0 {
@@ -477,6 +498,7 @@ impl Transport<FakeChain> for FakeTls {
         if chain.truncated == Some(id) {
             return Err(Fatal);
         }
+        self.io()?;
         let pipe = self.pipe.as_mut().expect("no pipe");
         assert!(!pipe.refused, "splice after a refusal");
         if pipe.refuses {
@@ -504,6 +526,7 @@ impl Transport<FakeChain> for FakeTls {
         assert!(!self.ssl_pending, "splice while OpenSSL has pending bytes");
         let pending = self.piped();
         assert!(pending > 0, "drain of an empty pipe");
+        self.io()?;
         let n = self.accept(pending);
         if n == 0 {
             return Ok(Io::Again);
