@@ -247,7 +247,13 @@ fn check(gens: &[(Gen, bool)], setup: &Setup, steps: &[Step]) -> Result<(), Test
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    // Minimised failures are kept as the plain tests below, not in a seed
+    // file of proptest's.
+    #![proptest_config(ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn send_chain_follows_the_model(
@@ -287,8 +293,16 @@ fn empty_buffers_are_passed_over() {
         file(2, b"", 4096),
         flushed(special(true)),
     ];
-    for (kernel, sendfile_min) in [(false, MIN), (true, MIN), (true, 0)] {
+    for (kernel, sendfile_min, threads) in [
+        (false, MIN, false),
+        (true, MIN, false),
+        (true, MIN, true),
+        (true, 0, false),
+    ] {
         let mut run = Run::new(bufs.clone(), kernel, 16384);
+        if threads {
+            run = run.with_threads();
+        }
         run.sendfile_min = sendfile_min;
         assert_eq!(run.call(LIMIT), Ok(false), "kernel={kernel}");
         assert_eq!(run.tls.out, b"abc", "kernel={kernel}");
