@@ -87,3 +87,11 @@ build_debian_module() {
     mkdir -p "$out"
     install -m 0644 "$tree/objs/ngx_http_ktls_module.so" "$out/ngx_http_ktls_module.so"
 }
+
+# Whether release R's User-Mode Linux kernel runs a process on this host.
+# Not on every host: on one whose CPUs have AMX, Debian 12's (6.1) and 13's
+# (6.12) kill init with SIGSEGV at the first process, in the FPU state
+# restore (put_fp_registers), while unstable's (7.2) boots.
+uml_boots() {
+    KTLS_VM_TIMEOUT=60 "$REPO/scripts/ktls-vm" --release "$1" /bin/true >/dev/null 2>&1
+}
