@@ -43,13 +43,18 @@ build_vendored() {
     ensure_build_deps
     log "building nginx and the module (cargo build --release --features vendored)"
     (cd "$REPO" && cargo build --release --features vendored --quiet) || die "build failed"
-    local objs
-    objs=$(ls -td "$REPO"/target/release/build/nginx-sys-*/out/objs 2>/dev/null | head -n 1)
-    [ -x "$objs/nginx" ] || die "the vendored nginx binary was not built"
-    mkdir -p "$KTLS_OUT"
-    install -m 0755 "$objs/nginx" "$KTLS_OUT/nginx"
-    install -m 0755 "$REPO/target/release/libngx_http_ktls_module.so" \
-        "$KTLS_OUT/ngx_http_ktls_module.so"
+    install_vendored_build "$REPO/target/release" "$KTLS_OUT"
+}
+
+# Copies the nginx that nginx-sys built under cargo's RELEASE_DIR
+# (target/release, or target/TRIPLE/release) and the module beside it to OUT.
+install_vendored_build() {
+    local release_dir=$1 out=$2 objs
+    objs=$(ls -td "$release_dir"/build/nginx-sys-*/out/objs 2>/dev/null | head -n 1)
+    [ -x "$objs/nginx" ] || die "the vendored nginx binary was not built in $release_dir"
+    mkdir -p "$out"
+    install -m 0755 "$objs/nginx" "$out/nginx"
+    install -m 0755 "$release_dir/libngx_http_ktls_module.so" "$out/ngx_http_ktls_module.so"
 }
 
 # Installs Debian's nginx without starting it: a package's service start
