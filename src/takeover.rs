@@ -239,6 +239,8 @@ unsafe extern "C" fn send_chain(
         }
 
         let start = (*b).start;
+        #[cfg(ngx_feature = "threads")]
+        crate::thread::land(c, start);
         let mut buf = SendBuf {
             mem: core::slice::from_raw_parts_mut(start, (*b).end.offset_from(start) as usize),
             pos: (*b).pos.offset_from(start) as usize,

@@ -17,23 +17,36 @@
 //! nothing ([`busy`]), and during a sendfile `c->recv` answers "again" (an
 //! `SSL_read()` could make OpenSSL write an alert or a KeyUpdate around the
 //! thread's records), with the read event posted once the task is done.
+//!
+//! nginx's HTTP/2 code can free a stream whose request is blocked (a stream
+//! closed while frames were queued is closed again by a write event, and a
+//! connection that ends zeroes the queue), and then the connection, while
+//! a task still works for it.  So a task owns what the thread touches: it
+//! is allocated outside nginx's pools, the thread works on its own copies
+//! of the descriptors, reads go to the task's own buffer (copied into the
+//! TLS buffer by [`land`]), and pool cleanups on the connection and on the
+//! request tell the completion handler what has gone: the poster's handler
+//! runs only while its request lives, the connection is touched only while
+//! it lives, and the last of the two to end frees the task.
 
 use core::ffi::{c_int, c_void};
 use core::mem::offset_of;
 use core::ptr;
 
 use nginx_sys::{
-    ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_event_handler_pt, ngx_event_t, ngx_file_t,
-    ngx_http_request_t, ngx_log_t, ngx_post_event, ngx_posted_events, ngx_recv_pt,
-    ngx_thread_task_alloc, ngx_thread_task_t, u_char, NGX_AGAIN, NGX_LOG_ALERT, NGX_OK,
-    NGX_SSL_BUFFERED, SSL_ERROR_SYSCALL,
+    ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_cycle, ngx_event_handler_pt, ngx_event_t,
+    ngx_event_timer_rbtree, ngx_file_t, ngx_http_request_t, ngx_log_t, ngx_pool_cleanup_add,
+    ngx_pool_t, ngx_post_event, ngx_posted_events, ngx_rbtree_delete, ngx_recv_pt,
+    ngx_thread_task_t, u_char, NGX_AGAIN, NGX_LOG_ALERT, NGX_LOG_INFO, NGX_OK, NGX_SSL_BUFFERED,
+    SSL_ERROR_SYSCALL,
 };
 
 use crate::plan::{Collected, Fatal, Io, Read};
 use crate::pread::{self, Outcome, Part, MAX_PARTS};
 use crate::ssl;
 
-/// What the thread does.
+/// What the thread does, on descriptors of its own that it closes when
+/// done.
 #[derive(Clone, Copy)]
 enum Job {
     /// `sendfile()` of `size` bytes of `fd` from `offset` to `socket`.
@@ -44,12 +57,66 @@ enum Job {
         size: usize,
     },
     /// `preadv()` of the first `nparts` of [`Work::parts`] of `fd` into
-    /// the TLS buffer at `base`.
+    /// the task's buffer at `base`.
     Read {
         fd: c_int,
         base: *mut u8,
         nparts: usize,
     },
+}
+
+impl Job {
+    /// The job with the thread's own copies of its descriptors, or the
+    /// error of `dup()`.
+    fn with_own_descriptors(self) -> Result<Job, c_int> {
+        Ok(match self {
+            Job::Sendfile {
+                socket,
+                fd,
+                offset,
+                size,
+            } => {
+                let socket = dup(socket)?;
+                let fd = dup(fd).inspect_err(|_| close(socket))?;
+                Job::Sendfile {
+                    socket,
+                    fd,
+                    offset,
+                    size,
+                }
+            }
+            Job::Read { fd, base, nparts } => Job::Read {
+                fd: dup(fd)?,
+                base,
+                nparts,
+            },
+        })
+    }
+
+    /// Closes what [`Job::with_own_descriptors`] opened.
+    fn close_descriptors(&self) {
+        match *self {
+            Job::Sendfile { socket, fd, .. } => {
+                close(socket);
+                close(fd);
+            }
+            Job::Read { fd, .. } => close(fd),
+        }
+    }
+}
+
+fn dup(fd: c_int) -> Result<c_int, c_int> {
+    // SAFETY: F_DUPFD_CLOEXEC touches only the descriptor table.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    Ok(copy)
+}
+
+fn close(fd: c_int) {
+    // SAFETY: fd is a copy that only its job uses.
+    unsafe { libc::close(fd) };
 }
 
 /// What the thread got.
@@ -83,13 +150,21 @@ enum Stage {
     Finished,
 }
 
-/// `task->ctx`: one per connection, in the connection's pool.
+/// The connection's task and its context, in memory of the module's own.
+#[repr(C)]
+struct Task {
+    task: ngx_thread_task_t,
+    ctx: Ctx,
+}
+
+/// `task->ctx`.
 #[repr(C)]
 struct Ctx {
     /// First, so that the thread's `data` is a `Work`.
     work: Work,
+    /// NULL once the connection's pool is destroyed.
     c: *mut ngx_connection_t,
-    /// The file whose request the poster blocked; for log lines.
+    /// The file whose request the poster blocked, while `guard` is armed.
     file: *mut ngx_file_t,
     /// For a sendfile: the chain's head buffer when it was posted.
     buf: *mut ngx_buf_t,
@@ -103,6 +178,24 @@ struct Ctx {
     /// An HTTP/2 stream whose bytes a thread reads into the buffer: its
     /// connection says so while the read runs (see [`read`]).
     stream: *mut ngx_connection_t,
+    /// The file's request is not the connection's own (an HTTP/2 stream).
+    other_connection: bool,
+    /// The cleanup on the pool of the file's request, armed while `file`
+    /// and `buf` are in use; NULL when there is none or the pool is gone.
+    guard: *mut Guard,
+    /// The file's request ended while the task held its file.
+    request_gone: bool,
+    /// What a finished read gave, judged while its file was still known.
+    read_result: Result<(), Fatal>,
+    /// Where a read job's parts go; copied into the TLS buffer by [`land`].
+    scratch: Vec<u8>,
+}
+
+/// A pool cleanup's data: tells `task` that the pool it was added to is
+/// destroyed, while armed.
+struct Guard {
+    task: *mut Task,
+    armed: bool,
 }
 
 /// Whether reads of `file` go to a thread: `aio threads` is on where its
@@ -119,26 +212,26 @@ pub unsafe fn offloads(file: *const ngx_file_t) -> bool {
 ///
 /// # Safety
 /// `c` must be a live connection.
-unsafe fn task_of(c: *mut ngx_connection_t) -> Option<*mut ngx_thread_task_t> {
-    // SAFETY: c->sendfile_task is NULL or a task from ngx_thread_task_alloc().
+unsafe fn task_of(c: *mut ngx_connection_t) -> Option<*mut Task> {
+    // SAFETY: c->sendfile_task is NULL or a task; the module's tasks are
+    // the first field of a Task.
     unsafe {
         let task = (*c).sendfile_task;
         if task.is_null() {
             return None;
         }
         let ours = (*task).handler.map(|f| f as *const ()) == Some(run as *const ());
-        ours.then_some(task)
+        ours.then_some(task.cast::<Task>())
     }
 }
 
-/// The connection's task, allocated on first use (as nginx allocates its
-/// own, from the connection's pool).
+/// The connection's task, allocated on first use.
 ///
 /// # Safety
 /// `c` must be a live connection.
-unsafe fn task_for(c: *mut ngx_connection_t) -> Result<*mut ngx_thread_task_t, Fatal> {
-    // SAFETY: the task and its context are written before use; the pool
-    // outlives the connection's requests, and so every task it posts.
+unsafe fn task_for(c: *mut ngx_connection_t) -> Result<*mut Task, Fatal> {
+    // SAFETY: the task is written whole before use; the cleanup, added
+    // first, hands it over when the connection's pool is destroyed.
     unsafe {
         if let Some(task) = task_of(c) {
             return Ok(task);
@@ -152,33 +245,46 @@ unsafe fn task_for(c: *mut ngx_connection_t) -> Result<*mut ngx_thread_task_t, F
             );
             return Err(Fatal);
         }
-        let task = ngx_thread_task_alloc((*c).pool, core::mem::size_of::<Ctx>());
-        if task.is_null() {
+        let cln = ngx_pool_cleanup_add((*c).pool, 0);
+        if cln.is_null() {
             return Err(Fatal);
         }
-        (*task).ctx.cast::<Ctx>().write(Ctx {
-            work: Work {
-                job: Job::Sendfile {
-                    socket: -1,
-                    fd: -1,
-                    offset: 0,
-                    size: 0,
+        let task = Box::into_raw(Box::new(Task {
+            // SAFETY: a zeroed ngx_thread_task_t is what
+            // ngx_thread_task_alloc() gives.
+            task: core::mem::zeroed(),
+            ctx: Ctx {
+                work: Work {
+                    job: Job::Sendfile {
+                        socket: -1,
+                        fd: -1,
+                        offset: 0,
+                        size: 0,
+                    },
+                    parts: [Part::default(); MAX_PARTS],
+                    finished: None,
                 },
-                parts: [Part::default(); MAX_PARTS],
-                finished: None,
+                c,
+                file: ptr::null_mut(),
+                buf: ptr::null_mut(),
+                stage: Stage::Idle,
+                next_handler: None,
+                saved_recv: None,
+                read_deferred: false,
+                stream: ptr::null_mut(),
+                other_connection: false,
+                guard: ptr::null_mut(),
+                request_gone: false,
+                read_result: Ok(()),
+                scratch: Vec::new(),
             },
-            c,
-            file: ptr::null_mut(),
-            buf: ptr::null_mut(),
-            stage: Stage::Idle,
-            next_handler: None,
-            saved_recv: None,
-            read_deferred: false,
-            stream: ptr::null_mut(),
-        });
-        (*task).event.log = (*c).log;
-        (*task).handler = Some(run);
-        (*c).sendfile_task = task;
+        }));
+        (*task).task.ctx = ptr::addr_of_mut!((*task).ctx).cast();
+        (*task).task.event.log = (*c).log;
+        (*task).task.handler = Some(run);
+        (*cln).handler = Some(connection_closed);
+        (*cln).data = task.cast();
+        (*c).sendfile_task = ptr::addr_of_mut!((*task).task);
         Ok(task)
     }
 }
@@ -187,20 +293,180 @@ unsafe fn task_for(c: *mut ngx_connection_t) -> Result<*mut ngx_thread_task_t, F
 ///
 /// # Safety
 /// `task` must be the module's task.
-unsafe fn ctx(task: *mut ngx_thread_task_t) -> *mut Ctx {
-    // SAFETY: task_for() placed a Ctx there.
-    unsafe { (*task).ctx.cast::<Ctx>() }
+unsafe fn ctx(task: *mut Task) -> *mut Ctx {
+    // SAFETY: forwarded from the caller.
+    unsafe { ptr::addr_of_mut!((*task).ctx) }
 }
 
-/// The thread's side: runs the job, touching only the file, the socket and
-/// the buffer, and records what it got.
+/// The connection's pool is destroyed: the task forgets the connection,
+/// and is freed now, or by its completion handler if a thread has it.
+unsafe extern "C" fn connection_closed(data: *mut c_void) {
+    let task = data.cast::<Task>();
+    // SAFETY: data is the Task of the cleanup added by task_for(); it is
+    // freed only here or by task_done() once this ran.
+    unsafe {
+        let ctx = ctx(task);
+        (*ctx).c = ptr::null_mut();
+        (*ctx).saved_recv = None;
+        (*ctx).stream = ptr::null_mut();
+        // The connection's log goes with its pool.
+        (*task).task.event.log = (*ngx_cycle).log;
+        // The poster's handler will not run: its timer goes too.
+        del_timer(ptr::addr_of_mut!((*task).task.event));
+        if (*task).task.event.active() == 0 {
+            free_task(task);
+        }
+    }
+}
+
+/// Frees a task no thread has, disarming the guard of a request that
+/// outlives it.
+///
+/// # Safety
+/// `task` must be the module's task, not posted, its connection gone.
+unsafe fn free_task(task: *mut Task) {
+    // SAFETY: forwarded from the caller; an armed guard's pool is live.
+    unsafe {
+        let guard = (*task).ctx.guard;
+        if !guard.is_null() {
+            (*guard).armed = false;
+        }
+        drop(Box::from_raw(task));
+    }
+}
+
+/// `ngx_del_timer()`, where a timer is set.
+///
+/// # Safety
+/// `ev` must be a live event.
+unsafe fn del_timer(ev: *mut ngx_event_t) {
+    // SAFETY: a set timer is a node of the event loop's timer tree.
+    unsafe {
+        if (*ev).timer_set() != 0 {
+            ngx_rbtree_delete(
+                ptr::addr_of_mut!(ngx_event_timer_rbtree),
+                ptr::addr_of_mut!((*ev).timer),
+            );
+            (*ev).set_timer_set(0);
+            (*ev).timer.left = ptr::null_mut();
+            (*ev).timer.right = ptr::null_mut();
+            (*ev).timer.parent = ptr::null_mut();
+        }
+    }
+}
+
+/// Makes `file` (of a live request) the task's, arming a cleanup on its
+/// request's pool so that the task learns when the request is freed.
+///
+/// # Safety
+/// `task` must be the module's task on live connection `c`, not posted;
+/// `file` a live file of a live request.
+unsafe fn attach(
+    c: *mut ngx_connection_t,
+    task: *mut Task,
+    file: *mut ngx_file_t,
+) -> Result<(), Fatal> {
+    // SAFETY: forwarded from the caller; the thread handlers that set
+    // thread_handler also set thread_ctx to the request.
+    unsafe {
+        let ctx = ctx(task);
+        detach(ctx);
+        let r = (*file).thread_ctx.cast::<ngx_http_request_t>();
+        if r.is_null() {
+            log_error!(
+                NGX_LOG_ALERT,
+                (*c).log,
+                "ktls thread: a file with a thread handler and no request"
+            );
+            return Err(Fatal);
+        }
+        let guard = guard_on((*r).pool, task).ok_or(Fatal)?;
+        (*guard).armed = true;
+        (*ctx).guard = guard;
+        (*ctx).file = file;
+        (*ctx).request_gone = false;
+        (*ctx).other_connection = (*r).connection != c;
+        Ok(())
+    }
+}
+
+/// The task lets go of its file and buffer.
+///
+/// # Safety
+/// `ctx` must be a task's context, not posted.
+unsafe fn detach(ctx: *mut Ctx) {
+    // SAFETY: an armed guard's pool is live.
+    unsafe {
+        let guard = core::mem::replace(&mut (*ctx).guard, ptr::null_mut());
+        if !guard.is_null() {
+            (*guard).armed = false;
+        }
+        (*ctx).file = ptr::null_mut();
+        (*ctx).buf = ptr::null_mut();
+    }
+}
+
+/// The task's guard on `pool`: the one added before (a request posts many
+/// tasks), or a new one.
+///
+/// # Safety
+/// `pool` must be a live pool, `task` the module's task.
+unsafe fn guard_on(pool: *mut ngx_pool_t, task: *mut Task) -> Option<*mut Guard> {
+    // SAFETY: the pool's cleanups are a list of live entries; a Guard is
+    // the data of every cleanup whose handler is request_ended.
+    unsafe {
+        let mut cln = (*pool).cleanup;
+        while !cln.is_null() {
+            if (*cln).handler.map(|f| f as *const ()) == Some(request_ended as *const ())
+                && (*(*cln).data.cast::<Guard>()).task == task
+            {
+                return Some((*cln).data.cast());
+            }
+            cln = (*cln).next;
+        }
+        let cln = ngx_pool_cleanup_add(pool, core::mem::size_of::<Guard>());
+        if cln.is_null() {
+            return None;
+        }
+        let guard = (*cln).data.cast::<Guard>();
+        guard.write(Guard { task, armed: false });
+        (*cln).handler = Some(request_ended);
+        Some(guard)
+    }
+}
+
+/// A request's pool is destroyed: if the task still holds its file, it
+/// must not touch the file, the buffer, the stream or the poster's
+/// handler again.
+unsafe extern "C" fn request_ended(data: *mut c_void) {
+    let guard = data.cast::<Guard>();
+    // SAFETY: an armed guard's task is live (freeing a task disarms it).
+    unsafe {
+        if !(*guard).armed {
+            return;
+        }
+        (*guard).armed = false;
+        let task = (*guard).task;
+        let ctx = ctx(task);
+        (*ctx).guard = ptr::null_mut();
+        (*ctx).file = ptr::null_mut();
+        (*ctx).buf = ptr::null_mut();
+        (*ctx).stream = ptr::null_mut();
+        (*ctx).request_gone = true;
+        // The poster's handler, which deletes its timer, will not run.
+        del_timer(ptr::addr_of_mut!((*task).task.event));
+    }
+}
+
+/// The thread's side: runs the job, touching only its own descriptors and
+/// the task's buffer, and records what it got.
 unsafe extern "C" fn run(data: *mut c_void, _log: *mut ngx_log_t) {
     let work = data.cast::<Work>();
     // SAFETY: data is the task's Work, which nothing else touches while the
-    // task is active; the job's descriptors and buffer are held open by the
-    // request the poster blocked.
+    // task is active; the job's descriptors are its own.
     unsafe {
-        let finished = match (*work).job {
+        let job = (*work).job;
+        let finished = match job {
             Job::Sendfile {
                 socket,
                 fd,
@@ -225,6 +491,7 @@ unsafe extern "C" fn run(data: *mut c_void, _log: *mut ngx_log_t) {
                 Finished::Read(pread::read_parts(fd, base, &parts[..nparts], 0))
             }
         };
+        job.close_descriptors();
         ptr::addr_of_mut!((*work).finished).write(Some(finished));
     }
 }
@@ -233,25 +500,47 @@ unsafe extern "C" fn run(data: *mut c_void, _log: *mut ngx_log_t) {
 /// connection is handed back, then the poster's handler runs (it unblocks
 /// the request and runs its write handler, which calls the send chain).
 unsafe extern "C" fn task_done(ev: *mut ngx_event_t) {
-    // SAFETY: ev is the event inside the module's task.
+    // SAFETY: ev is the event inside the module's task; what the task
+    // refers to is used only while the cleanups say it lives.
     unsafe {
         let task = ev
-            .byte_sub(offset_of!(ngx_thread_task_t, event))
-            .cast::<ngx_thread_task_t>();
+            .byte_sub(offset_of!(Task, task) + offset_of!(ngx_thread_task_t, event))
+            .cast::<Task>();
         let ctx = ctx(task);
         // On a timeout the poster only reports that the task takes long; the
         // thread still works and the connection stays its.
-        if (*ev).timedout() == 0 {
-            (*ctx).stage = Stage::Finished;
-            release_stream(ctx);
-            debug!(
-                (*(*ctx).c).log,
-                "ktls thread: task #{} done: {:?}",
-                (*task).id,
-                (*ctx).work.finished
-            );
-            release_reads((*ctx).c, ctx);
-            resume_other_connection(ctx);
+        if (*ev).timedout() != 0 {
+            if let Some(next) = (*ctx).next_handler {
+                next(ev);
+            }
+            return;
+        }
+        (*ctx).stage = Stage::Finished;
+        let c = (*ctx).c;
+        if c.is_null() {
+            free_task(task);
+            return;
+        }
+        debug!(
+            (*c).log,
+            "ktls thread: task #{} done: {:?}",
+            (*task).task.id,
+            (*ctx).work.finished
+        );
+        release_reads(c, ctx);
+        if (*ctx).request_gone {
+            finish_without_request(c, ctx);
+            return;
+        }
+        if let (Job::Read { nparts, .. }, Some(Finished::Read(outcome))) =
+            ((*ctx).work.job, (*ctx).work.finished)
+        {
+            let parts = &(&(*ctx).work.parts)[..nparts];
+            (*ctx).read_result = pread::report(c, (*ctx).file, parts, outcome);
+        }
+        release_stream(ctx);
+        if (*ctx).other_connection {
+            resume_writer(c);
         }
         if let Some(next) = (*ctx).next_handler {
             next(ev);
@@ -259,22 +548,51 @@ unsafe extern "C" fn task_done(ev: *mut ngx_event_t) {
     }
 }
 
-/// When the task's file belongs to a request of another connection (an
-/// HTTP/2 stream), the poster's completion handler resumes that request
-/// only, and a stream with nothing more to send does not flush the TLS
-/// connection's frames: the TLS connection's write event is posted, so that
-/// its writer collects the task and goes on.  Posted before the completion
-/// handler runs, so that a close there also removes it.
+/// A task whose request was freed meanwhile (an HTTP/2 stream, with the
+/// connection going on): the poster's handler is not run, since its
+/// request is gone, and the connection's writer collects the result.
 ///
 /// # Safety
-/// `ctx` must be a finished task's context; its file's request is still
-/// blocked, so live.
-unsafe fn resume_other_connection(ctx: *mut Ctx) {
+/// `c` must be the task's live connection, `ctx` its finished context.
+unsafe fn finish_without_request(c: *mut ngx_connection_t, ctx: *mut Ctx) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        let c = (*ctx).c;
-        let r = (*(*ctx).file).thread_ctx.cast::<ngx_http_request_t>();
-        if r.is_null() || (*r).connection == c || (*(*c).write).posted() != 0 {
+        debug!(
+            (*c).log,
+            "ktls thread: the task's request ended while the thread worked"
+        );
+        if let Some(Finished::Read(outcome)) = (*ctx).work.finished {
+            // The bytes belong to a frame already in the TLS buffer.
+            if outcome != Outcome::Read {
+                log_error!(
+                    NGX_LOG_INFO,
+                    (*c).log,
+                    "ktls thread: a read for an ended stream failed: {:?}",
+                    outcome
+                );
+            }
+            (*ctx).read_result = if outcome == Outcome::Read {
+                Ok(())
+            } else {
+                Err(Fatal)
+            };
+        }
+        resume_writer(c);
+    }
+}
+
+/// Posts the connection's write event, so that its writer collects the
+/// task and goes on: the poster's completion handler resumes the stream's
+/// request only, and a stream with nothing more to send does not flush the
+/// TLS connection's frames.  Posted before that handler runs, so that a
+/// close there also removes it.
+///
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn resume_writer(c: *mut ngx_connection_t) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if (*(*c).write).posted() != 0 {
             return;
         }
         debug!((*c).log, "ktls thread: resuming the connection's writer");
@@ -282,44 +600,58 @@ unsafe fn resume_other_connection(ctx: *mut Ctx) {
     }
 }
 
-/// Posts the prepared job through the file's thread handler.  The poster
-/// may decline without error (the request already waits for an operation of
-/// its own); [`busy`] posts again.
+/// Posts the prepared job through the file's thread handler, with the
+/// thread's own descriptors.  The poster may decline without error (the
+/// request already waits for an operation of its own); [`busy`] posts
+/// again.
 ///
 /// # Safety
-/// `c` must be a live TLS connection, `task` its task with a job prepared.
-unsafe fn post(c: *mut ngx_connection_t, task: *mut ngx_thread_task_t) -> Result<(), Fatal> {
-    // SAFETY: the file belongs to a live request of the connection.
+/// `c` must be a live TLS connection, `task` its task with a job prepared
+/// and its file attached.
+unsafe fn post(c: *mut ngx_connection_t, task: *mut Task) -> Result<(), Fatal> {
+    // SAFETY: the file belongs to a live request (the guard is armed).
     unsafe {
         let ctx = ctx(task);
         let file = (*ctx).file;
         let Some(thread_handler) = (*file).thread_handler else {
             return Err(Fatal);
         };
+        let job = (*ctx).work.job;
+        let own = match job.with_own_descriptors() {
+            Ok(own) => own,
+            Err(err) => {
+                return Err(ssl::fail(c, SSL_ERROR_SYSCALL, err, c"dup() failed"));
+            }
+        };
         // As in ngx_linux_sendfile_thread(): a write event while the task
         // runs means a full socket may have drained since.
         (*(*c).write).set_complete(0);
         (*ctx).work.finished = None;
-        if thread_handler(task, file) != NGX_OK as isize {
-            return Err(Fatal);
-        }
-        if (*task).event.active() == 0 {
+        (*ctx).work.job = own;
+        let nt = ptr::addr_of_mut!((*task).task);
+        let rc = thread_handler(nt, file);
+        if rc != NGX_OK as isize || (*nt).event.active() == 0 {
+            own.close_descriptors();
+            (*ctx).work.job = job;
+            if rc != NGX_OK as isize {
+                return Err(Fatal);
+            }
             debug!(
                 (*c).log,
                 "ktls thread: not posted, the request waits for another operation"
             );
             return Ok(());
         }
-        (*ctx).next_handler = (*task).event.handler;
-        (*task).event.handler = Some(task_done);
-        let sendfile = matches!((*ctx).work.job, Job::Sendfile { .. });
+        (*ctx).next_handler = (*nt).event.handler;
+        (*nt).event.handler = Some(task_done);
+        let sendfile = matches!(job, Job::Sendfile { .. });
         if sendfile {
             hold_reads(c, ctx);
         }
         debug!(
             (*c).log,
             "ktls thread: task #{} posted: {}",
-            (*task).id,
+            (*nt).id,
             if sendfile { "sendfile" } else { "read" }
         );
         Ok(())
@@ -346,10 +678,21 @@ pub unsafe fn busy(c: *mut ngx_connection_t) -> Result<bool, Fatal> {
         let Some(task) = task_of(c) else {
             return Ok(false);
         };
-        if (*ctx(task)).stage != Stage::Waiting {
+        let ctx = ctx(task);
+        if (*ctx).stage != Stage::Waiting {
             return Ok(false);
         }
-        if (*task).event.active() == 0 {
+        if (*task).task.event.active() == 0 {
+            if (*ctx).request_gone {
+                // Declined, and its request ended since: the frame it was
+                // for is gone with the stream.
+                debug!(
+                    (*c).log,
+                    "ktls thread: the request of an unposted task ended"
+                );
+                (*ctx).stage = Stage::Idle;
+                return Err(Fatal);
+            }
             post(c, task)?;
         }
         debug!((*c).log, "ktls thread: busy");
@@ -364,7 +707,7 @@ pub unsafe fn busy(c: *mut ngx_connection_t) -> Result<bool, Fatal> {
 /// `file` a live file of one of its requests with a thread handler.
 unsafe fn start(
     c: *mut ngx_connection_t,
-    task: *mut ngx_thread_task_t,
+    task: *mut Task,
     file: *mut ngx_file_t,
     buf: *mut ngx_buf_t,
     job: Job,
@@ -372,21 +715,24 @@ unsafe fn start(
     // SAFETY: forwarded from the caller.
     unsafe {
         let ctx = ctx(task);
+        attach(c, task, file)?;
         (*ctx).work.job = job;
-        (*ctx).file = file;
         (*ctx).buf = buf;
+        (*ctx).read_result = Ok(());
         (*ctx).stage = Stage::Waiting;
         let posted = post(c, task);
         if posted.is_err() {
             // The request fails; nothing is left for busy() to post again.
             (*ctx).stage = Stage::Idle;
+            detach(ctx);
         }
         posted
     }
 }
 
 /// Reads `parts` of `file` into the TLS buffer at `base`: at once if the
-/// page cache has them all, otherwise in a thread.
+/// page cache has them all, otherwise in a thread, into the task's buffer
+/// at the same places ([`land`] copies them over).
 ///
 /// # Safety
 /// As for [`start`]; the parts lie inside the connection's TLS buffer.
@@ -409,15 +755,48 @@ pub unsafe fn read(
             "ktls thread: not all in the page cache ({:?}), reading in a thread", outcome
         );
         let task = task_for(c)?;
-        (&mut (*ctx(task)).work.parts)[..parts.len()].copy_from_slice(parts);
+        let ctx = ctx(task);
+        let end = parts.iter().map(|p| p.at + p.len).max().unwrap_or(0);
+        if (*ctx).scratch.len() < end {
+            (*ctx).scratch.resize(end, 0);
+        }
+        (&mut (*ctx).work.parts)[..parts.len()].copy_from_slice(parts);
         let job = Job::Read {
             fd,
-            base,
+            base: (*ctx).scratch.as_mut_ptr(),
             nparts: parts.len(),
         };
         start(c, task, file, ptr::null_mut(), job)?;
-        hold_stream(c, ctx(task), file);
+        hold_stream(c, ctx, file);
         Ok(Read::Offloaded)
+    }
+}
+
+/// Copies what a finished read got into the TLS buffer at `base`, where
+/// the plan left room for it; before the send chain looks at the buffer.
+///
+/// # Safety
+/// `c` must be a live TLS connection, `base` its TLS buffer with room for
+/// the parts, which nothing else refers to during the call.
+pub unsafe fn land(c: *mut ngx_connection_t, base: *mut u8) {
+    // SAFETY: forwarded from the caller; the parts lie inside both buffers.
+    unsafe {
+        let Some(task) = task_of(c) else {
+            return;
+        };
+        let ctx = ctx(task);
+        if (*ctx).stage != Stage::Finished {
+            return;
+        }
+        if let Job::Read { nparts, .. } = (*ctx).work.job {
+            for part in &(&(*ctx).work.parts)[..nparts] {
+                ptr::copy_nonoverlapping(
+                    (*ctx).scratch.as_ptr().add(part.at),
+                    base.add(part.at),
+                    part.len,
+                );
+            }
+        }
     }
 }
 
@@ -452,9 +831,9 @@ unsafe fn hold_stream(c: *mut ngx_connection_t, ctx: *mut Ctx, file: *mut ngx_fi
 /// next (the poster's completion handler runs it), and sees the rest.
 ///
 /// # Safety
-/// `ctx` must be a task's context.
+/// `ctx` must be a task's context whose request lives.
 unsafe fn release_stream(ctx: *mut Ctx) {
-    // SAFETY: the stream's request was blocked, so its connection is live.
+    // SAFETY: the stream's request lives, so its connection does.
     unsafe {
         let fc = core::mem::replace(&mut (*ctx).stream, ptr::null_mut());
         if !fc.is_null() {
@@ -499,8 +878,8 @@ pub unsafe fn collect(
     c: *mut ngx_connection_t,
     head: *mut ngx_chain_t,
 ) -> Result<Collected, Fatal> {
-    // SAFETY: forwarded from the caller; the context's file and buffer
-    // belong to a request the poster kept alive until now.
+    // SAFETY: forwarded from the caller; the context's buffer belongs to a
+    // request that lives while its guard is armed.
     unsafe {
         let Some(task) = task_of(c) else {
             return Ok(Collected::Nothing);
@@ -510,11 +889,18 @@ pub unsafe fn collect(
             return Ok(Collected::Nothing);
         }
         (*ctx).stage = Stage::Idle;
-        match ((*ctx).work.job, (*ctx).work.finished) {
-            (Job::Read { nparts, .. }, Some(Finished::Read(outcome))) => {
-                let parts = &(&(*ctx).work.parts)[..nparts];
-                pread::report(c, (*ctx).file, parts, outcome)?;
-                Ok(Collected::Nothing)
+        let collected = match ((*ctx).work.job, (*ctx).work.finished) {
+            (Job::Read { .. }, Some(Finished::Read(_))) => {
+                (*ctx).read_result.map(|()| Collected::Nothing)
+            }
+            (Job::Sendfile { .. }, Some(Finished::Sendfile { .. })) if (*ctx).request_gone => {
+                // Its frame went with the stream, part of it on the wire.
+                log_error!(
+                    NGX_LOG_INFO,
+                    (*c).log,
+                    "ktls thread: the stream ended while a thread sent its frame"
+                );
+                Err(Fatal)
             }
             (Job::Sendfile { offset, size, .. }, Some(Finished::Sendfile { n, err })) => {
                 collect_sendfile(c, ctx, head, offset, size, n, err)
@@ -528,10 +914,11 @@ pub unsafe fn collect(
                 );
                 Err(Fatal)
             }
-        }
+        };
+        detach(ctx);
+        collected
     }
 }
-
 /// The result of a thread's sendfile, as `ngx_ssl_sendfile()` treats
 /// `SSL_sendfile()`'s.
 ///

@@ -7,7 +7,7 @@
 # "/"), linux.uml (the kernel with its loader and libraries taken from root/)
 # and .complete once both are usable. Delete the directory to make it anew.
 
-readonly release_packages=(nginx nginx-dev user-mode-linux curl nghttp2-client dmsetup e2fsprogs)
+readonly release_packages=(nginx nginx-dev user-mode-linux curl nghttp2-client dmsetup e2fsprogs nodejs)
 readonly release_base_packages=kmod,iproute2,procps,openssl,ca-certificates
 
 # What a tree needs on the host: debootstrap to make it, patchelf for its
@@ -93,12 +93,18 @@ make_release_tree() {
 }
 
 # Installs those of PACKAGES that the tree of RELEASE lacks (making the tree
-# first if there is none), under the tree's lock: another run may be making
-# or extending it at the same time.
+# first if there is none).
 ensure_in_release_tree() {
+    ensure_release_tree "$1"
+    add_missing_to_release_tree "$@"
+}
+
+# Installs those of PACKAGES that the existing tree of RELEASE lacks, under
+# the tree's lock: another run may be making or extending it at the same
+# time.
+add_missing_to_release_tree() {
     local release=$1 dir lock_fd
     shift
-    ensure_release_tree "$release"
     dir=$(release_dir "$release")
     local -a missing=()
     mapfile -t missing < <(comm -23 <(printf '%s\n' "$@" | sort -u) \
@@ -111,10 +117,15 @@ ensure_in_release_tree() {
     exec {lock_fd}>&-
 }
 
+# Makes the tree of RELEASE once, and adds what the tests need that an
+# older tree lacks.
 ensure_release_tree() {
     local release=$1 dir lock_fd
     dir=$(release_dir "$release")
-    [[ -e $dir/.complete ]] && return 0
+    if [[ -e $dir/.complete ]]; then
+        add_missing_to_release_tree "$release" "${release_packages[@]}"
+        return 0
+    fi
     ensure_release_tools
     mkdir -p "$dir"
     exec {lock_fd}>"$dir/.lock"
