@@ -29,10 +29,11 @@ function random() {
 const below = (n) => Math.floor(random() * n);
 const pick = (items) => items[below(items.length)];
 
-const files = fs.readdirSync(dir).sort().map((name) => ({
-  name,
-  data: fs.readFileSync(path.join(dir, name)),
-}));
+const files = fs
+  .readdirSync(dir, { withFileTypes: true })
+  .filter((entry) => entry.isFile())
+  .map((entry) => ({ name: entry.name, data: fs.readFileSync(path.join(dir, entry.name)) }))
+  .sort((a, b) => (a.name < b.name ? -1 : 1));
 
 const totals = { requests: 0, complete: 0, cancelled: 0, head: 0, ranges: 0, bytes: 0 };
 const mismatches = [];
