@@ -639,3 +639,23 @@ fn full_thread_queue_fails_only_those_requests() {
     s.assert_still_serving("queue-overflow");
     s.srv.finish();
 }
+
+/// A 20 MB HTTP/2 download from an `aio threads` location completes byte-exact, from the slow
+/// disk and then from the page cache: the module's tasks hand the connection back every time
+/// (a download that stalls fails on the client's read timeout).
+#[test]
+fn twenty_megabytes_over_http2_from_threads() {
+    let big = pseudo_random(140, 20 << 20);
+    let Some(s) = slow_server("aio-h2-20m", 5, &[("big", &big)]) else {
+        return;
+    };
+    SlowDisk::drop_caches();
+    for round in ["cold", "cached"] {
+        let opts = ClientOpts::new(TlsVersion::Tls13).h2();
+        let mut conn = TlsConn::connect(s.srv.port(Ktls::On), &opts).expect("connect");
+        let path = format!("/slow/big?{round}");
+        let r = h2::get_concurrent(&mut conn, &[&path]).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_body(&path, &big, &r[0].body);
+    }
+    s.srv.finish();
+}
