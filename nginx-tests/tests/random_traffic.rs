@@ -299,7 +299,8 @@ fn random_traffic_from_node_is_served_byte_exact() {
     }
 }
 
-/// The module's thread tasks ran: sendfiles, and reads where the page cache missed.
+/// The module's thread tasks ran: reads where the page cache missed (sendfiles only where a
+/// file run reaches `ktls_sendfile_min_size`, which a short run need not meet).
 #[track_caller]
 fn assert_tasks_ran(srv: &Nginx, what: &str) {
     let log = srv.error_log();
@@ -310,7 +311,7 @@ fn assert_tasks_ran(srv: &Nginx, what: &str) {
     };
     let (sendfiles, reads) = (count("posted: sendfile"), count("posted: read"));
     println!("{what}: thread tasks posted: {sendfiles} sendfile, {reads} read");
-    assert!(sendfiles > 0, "{what}: no sendfile task posted");
+    assert!(sendfiles + reads > 0, "{what}: no thread task posted");
     if SlowDisk::available() {
         assert!(reads > 0, "{what}: no read task posted from the slow disk");
     }
