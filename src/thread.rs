@@ -325,12 +325,9 @@ unsafe extern "C" fn connection_closed(data: *mut c_void) {
 /// # Safety
 /// `task` must be the module's task, not posted, its connection gone.
 unsafe fn free_task(task: *mut Task) {
-    // SAFETY: forwarded from the caller; an armed guard's pool is live.
+    // SAFETY: forwarded from the caller.
     unsafe {
-        let guard = (*task).ctx.guard;
-        if !guard.is_null() {
-            (*guard).armed = false;
-        }
+        detach(ctx(task));
         drop(Box::from_raw(task));
     }
 }
@@ -390,10 +387,10 @@ unsafe fn attach(
     }
 }
 
-/// The task lets go of its file and buffer.
+/// The task lets go of its file and buffer (the thread uses neither).
 ///
 /// # Safety
-/// `ctx` must be a task's context, not posted.
+/// `ctx` must be a task's context.
 unsafe fn detach(ctx: *mut Ctx) {
     // SAFETY: an armed guard's pool is live.
     unsafe {
@@ -445,12 +442,10 @@ unsafe extern "C" fn request_ended(data: *mut c_void) {
         if !(*guard).armed {
             return;
         }
-        (*guard).armed = false;
         let task = (*guard).task;
         let ctx = ctx(task);
-        (*ctx).guard = ptr::null_mut();
-        (*ctx).file = ptr::null_mut();
-        (*ctx).buf = ptr::null_mut();
+        // The armed guard is the task's own.
+        detach(ctx);
         (*ctx).stream = ptr::null_mut();
         (*ctx).request_gone = true;
         // The poster's handler, which deletes its timer, will not run.
@@ -767,7 +762,7 @@ pub unsafe fn read(
             nparts: parts.len(),
         };
         start(c, task, file, ptr::null_mut(), job)?;
-        hold_stream(c, ctx, file);
+        hold_stream(ctx, file);
         Ok(Read::Offloaded)
     }
 }
@@ -811,16 +806,15 @@ pub unsafe fn land(c: *mut ngx_connection_t, base: *mut u8) {
 /// is for HTTP/1.x.
 ///
 /// # Safety
-/// `c` must be a live TLS connection, `ctx` its task's context, and `file`
-/// the file the read is from, whose `thread_ctx` is its request (the copy
-/// filter's, the cache's and upstream's thread handlers all set it so).
-unsafe fn hold_stream(c: *mut ngx_connection_t, ctx: *mut Ctx, file: *mut ngx_file_t) {
+/// `ctx` must be a task's context with `file` attached ([`attach`]): its
+/// `thread_ctx` is a live request.
+unsafe fn hold_stream(ctx: *mut Ctx, file: *mut ngx_file_t) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        let r = (*file).thread_ctx.cast::<ngx_http_request_t>();
-        if r.is_null() || (*r).connection == c {
+        if !(*ctx).other_connection {
             return;
         }
+        let r = (*file).thread_ctx.cast::<ngx_http_request_t>();
         let fc = (*r).connection;
         (*fc).set_buffered((*fc).buffered() | NGX_SSL_BUFFERED);
         (*ctx).stream = fc;
