@@ -8,9 +8,11 @@
 //! failed stream or connection that the client did not cancel, and no worker lost, alert or
 //! crit line on either.
 //!
-//! Under kTLS, as root, the `aio threads` variants serve the files from a slow disk and evict
-//! them from the page cache every 250 ms, so that the module's reads and sendfiles wait in threads while
-//! streams are cancelled and connections end.
+//! The `aio threads` variants evict their files from the page cache every 250 ms, and under
+//! kTLS, as root, serve them from a slow disk, so that reads and sendfiles wait in threads while
+//! streams are cancelled and connections end: the module's own tasks under kTLS; without kTLS
+//! nginx reads the files into memory itself (no `sendfile` on a userspace TLS connection), in
+//! threads, and the module sends what they read.
 //!
 //! Under kTLS each run takes four of the eight variants, one `aio` setting for each
 //! `ktls_splice` and `ssl_buffer_size` pair, picked by the seed's low bits (the guest is slow;
@@ -158,7 +160,8 @@ impl Variant {
         };
         Served {
             srv,
-            disk,
+            _disk: disk,
+            evicted: self.aio_threads,
             dir,
             prefix,
         }
@@ -167,18 +170,20 @@ impl Variant {
 
 struct Served {
     srv: Nginx,
-    disk: Option<SlowDisk>,
+    /// Mounted while the server serves from it.
+    _disk: Option<SlowDisk>,
+    evicted: bool,
     dir: PathBuf,
     prefix: &'static str,
 }
 
 impl Served {
-    /// The client against the server at `port`; on a slow disk, with the files evicted from
+    /// The client against the server at `port`; for `aio threads`, with the files evicted from
     /// the page cache every 250 ms meanwhile.
     fn traffic(&self, port: u16, seed: u32, seconds: u64) -> Outcome {
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
-            if self.disk.is_some() {
+            if self.evicted {
                 s.spawn(|| {
                     while !done.load(Ordering::Relaxed) {
                         evict(&self.dir);

@@ -1,13 +1,13 @@
 #!/usr/bin/python3
 """Small-request latency during one cold download, for scripts/bench.d/stall.
 
-Usage: stall-client.py DOWNLOAD_URL SMALL_URL [--h2 | --h2c]
+Usage: stall-client.py DOWNLOAD_URL SMALL_URL [--h2 | --h2c] [--new]
 
 Starts the download with curl (HTTP/1.1; HTTP/2 over TLS with --h2, over
-plain TCP with --h2c) and, while it
-runs, fetches SMALL_URL every 50 ms on one keep-alive connection (plain HTTP
-or TLS, as the URL says), timing each request from sending it to its last
-byte. Prints one line of JSON: the samples' p50, p90 and max in ms, their
+plain TCP with --h2c) and, while it runs, fetches SMALL_URL every 50 ms
+(plain HTTP or TLS, as the URL says) on one keep-alive connection, or with
+--new on a new connection each time, timing each request from sending it
+(from connecting, with --new: the handshake counts) to its last byte. Prints one line of JSON: the samples' p50, p90 and max in ms, their
 count, and the download's bytes and MB/s as curl reports them. Every wait is
 bounded: the download by curl's --max-time, the sampling by the same limit.
 """
@@ -47,9 +47,23 @@ def percentile(sorted_ms, p):
     return sorted_ms[(len(sorted_ms) - 1) * p // 100]
 
 
+def sample(conn, small_url, path, new):
+    """One small request's time in ms, on a new connection with new."""
+    t = time.monotonic()
+    if new:
+        conn = connect(small_url)
+        conn.connect()
+    fetch(conn, path)
+    ms = (time.monotonic() - t) * 1000
+    if new:
+        conn.close()
+    return ms
+
+
 def main():
     flags = {"--h2": "--http2", "--h2c": "--http2-prior-knowledge"}
-    args = [a for a in sys.argv[1:] if a not in flags]
+    new = "--new" in sys.argv[1:]
+    args = [a for a in sys.argv[1:] if a not in flags and a != "--new"]
     if len(args) != 2:
         raise SystemExit(__doc__)
     download_url, small_url = args
@@ -65,9 +79,7 @@ def main():
     deadline = time.monotonic() + LIMIT_S
     while curl.poll() is None and time.monotonic() < deadline:
         time.sleep(INTERVAL_S)
-        t = time.monotonic()
-        fetch(conn, small_path)
-        samples.append((time.monotonic() - t) * 1000)
+        samples.append(sample(conn, small_url, small_path, new))
     out, _ = curl.communicate(timeout=LIMIT_S)
     size, speed, code = out.split()
     if code != "200":

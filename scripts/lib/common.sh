@@ -100,3 +100,32 @@ build_debian_module() {
 uml_boots() {
     KTLS_VM_TIMEOUT=60 "$REPO/scripts/ktls-vm" --release "$1" /bin/true >/dev/null 2>&1
 }
+
+# The kTLS lanes: bookworm with the vendored nginx 1.28 and with its own
+# 1.22, trixie's and sid's own nginx. Every one runs unless KTLS_LANES
+# names the ones to run (KTLS_LANES="sid trixie"); a lane that cannot run
+# fails, one left out on request is said so.
+readonly all_ktls_lanes="bookworm-vendored bookworm-debian trixie sid"
+
+# Dies unless every name in KTLS_LANES is a lane.
+check_ktls_lanes() {
+    local lane
+    for lane in ${KTLS_LANES:-}; do
+        [[ " $all_ktls_lanes " == *" $lane "* ]] ||
+            die "KTLS_LANES: no lane $lane (lanes: $all_ktls_lanes)"
+    done
+}
+
+# Whether LANE runs (KTLS_LANES unset or naming it).
+ktls_lane_wanted() {
+    [[ -z ${KTLS_LANES:-} || " $KTLS_LANES " == *" $1 "* ]]
+}
+
+# Whether release R has a lane that runs.
+ktls_release_wanted() {
+    local lane
+    for lane in $all_ktls_lanes; do
+        [[ $lane == "$1" || $lane == "$1"-* ]] && ktls_lane_wanted "$lane" && return 0
+    done
+    return 1
+}
