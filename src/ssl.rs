@@ -453,6 +453,12 @@ pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) ->
             );
 
             if n > 0 {
+                // A short send means the socket is full, as in
+                // ngx_unix_send(): the write event must wait for room, or
+                // HTTP/2 would drop its send timer with bytes still held.
+                if (n as usize) < data.len() {
+                    kernel_full(c);
+                }
                 kernel_wrote(c, n as usize)?;
                 return Ok(Io::Sent(n as usize));
             }

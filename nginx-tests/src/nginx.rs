@@ -298,10 +298,25 @@ impl Nginx {
     }
 
     /// What the worker processes (children of the master) have open: `(sockets, pipes)`.
+    /// Waits (up to 10 s) for the master to have started its worker: nginx answers on its
+    /// ports before then (the master listens), and a count taken too early would miss the
+    /// listening sockets that the worker inherits.
     pub fn worker_descriptors(&self) -> (usize, usize) {
         let master = self.child.as_ref().map_or(0, Child::id);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let workers = loop {
+            let workers = children_of(master);
+            if !workers.is_empty() {
+                break workers;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx has no worker process after 10 s"
+            );
+            sleep(Duration::from_millis(20));
+        };
         let mut counts = (0, 0);
-        for pid in children_of(master) {
+        for pid in workers {
             let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
                 continue;
             };
