@@ -389,12 +389,12 @@ impl Nginx {
         let bad: Vec<&str> = log
             .lines()
             .filter(|l| {
-                l.contains("exited on signal")
+                is_lost_worker(l)
                     || [" [alert] ", " [crit] ", " [emerg] "]
                         .iter()
                         .any(|lvl| l.contains(lvl))
             })
-            .filter(|l| l.contains("exited on signal") || !allowed.iter().any(|a| l.contains(a)))
+            .filter(|l| is_lost_worker(l) || !allowed.iter().any(|a| l.contains(a)))
             .take(20)
             .collect();
         assert!(
@@ -403,6 +403,15 @@ impl Nginx {
             self.dir.path().display(),
             bad.join("\n")
         );
+    }
+
+    /// The master's lines about workers that died (`exited on signal`) so far.
+    pub fn lost_workers(&self) -> Vec<String> {
+        self.error_log()
+            .lines()
+            .filter(|l| is_lost_worker(l))
+            .map(str::to_string)
+            .collect()
     }
 
     #[track_caller]
@@ -500,6 +509,11 @@ pub fn config_test(binary: &Path, dir: WorkDir, conf_text: &str) -> ConfigTest {
 }
 
 /// The processes whose parent is `pid`, from `/proc/*/stat` (field 4).
+/// Whether an error-log line is the master's report of a worker that died.
+fn is_lost_worker(line: &str) -> bool {
+    line.contains("exited on signal")
+}
+
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();

@@ -310,7 +310,7 @@ fn wait_for_cache_update(srv: &Nginx, uri: &str) {
 
 /// How the small requests are made: on one keep-alive connection, or each on a new one (its
 /// handshake counted).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy)]
 enum Sampling {
     KeepAlive,
     NewConnections,
@@ -413,22 +413,15 @@ fn small_requests_do_not_wait_for_a_cold_disk() {
     let mut failures = Vec::new();
     for h2 in [false, true] {
         let proto = if h2 { "HTTP/2" } else { "HTTP/1.1" };
-        let run = |path, cold, sampling| {
-            stall_during_download(&s, Ktls::On, path, (h2, cold), sampling, &big)
+        let run = |ktls, path, cold, sampling| {
+            stall_during_download(&s, ktls, path, (h2, cold), sampling, &big)
         };
-        let warm = run("/slow/big", false, Sampling::KeepAlive);
-        let threads = run("/slow/big", true, Sampling::KeepAlive);
-        let sync = run("/sync/big", true, Sampling::KeepAlive);
-        let nginx = stall_during_download(
-            &s,
-            Ktls::Off,
-            "/slow/big",
-            (h2, true),
-            Sampling::KeepAlive,
-            &big,
-        );
-        let warm_new = run("/slow/big", false, Sampling::NewConnections);
-        let threads_new = run("/slow/big", true, Sampling::NewConnections);
+        let warm = run(Ktls::On, "/slow/big", false, Sampling::KeepAlive);
+        let threads = run(Ktls::On, "/slow/big", true, Sampling::KeepAlive);
+        let sync = run(Ktls::On, "/sync/big", true, Sampling::KeepAlive);
+        let nginx = run(Ktls::Off, "/slow/big", true, Sampling::KeepAlive);
+        let warm_new = run(Ktls::On, "/slow/big", false, Sampling::NewConnections);
+        let threads_new = run(Ktls::On, "/slow/big", true, Sampling::NewConnections);
         eprintln!(
             "{proto} small-request p50/max: page cache {:?}/{:?}; cold disk: module with threads \
              {:?}/{:?}, module without {:?}/{:?}, nginx's own path with threads {:?}/{:?}; \

@@ -294,11 +294,7 @@ fn random_traffic_from_node_is_served_byte_exact() {
             let outcome = served.traffic(served.srv.port(ktls), seed, seconds);
             println!("{what}: {}", outcome.json);
             // A lost worker shows to the client only as resets and short bodies: name it.
-            let log = served.srv.error_log();
-            let lost: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("exited on signal"))
-                .collect();
+            let lost = served.srv.lost_workers();
             assert!(lost.is_empty(), "{what}: {}", lost.join("\n"));
             assert_eq!(outcome.mismatches(), "[]", "{what}: mismatches");
             assert!(outcome.number("complete") > 0, "{what}: nothing completed");

@@ -69,9 +69,10 @@ e2e_binaries() {
 # is what the debian_module test loads into the release's /usr/sbin/nginx.
 # Fails when any binary fails, or when the release's kernel does not boot
 # here; KTLS_EXPECT_KERNEL makes a run without kTLS fail. A lane (LOG's
-# name) that KTLS_LANES leaves out is not run. glibc fills freed memory with a pattern (MALLOC_PERTURB_), so that
-# what touches memory after it was freed reads garbage rather than what was
-# there: the sanitizer build cannot run under User-Mode Linux.
+# name) that KTLS_LANES leaves out is not run. glibc fills freed memory
+# with a pattern (MALLOC_PERTURB_), so that what touches memory after it
+# was freed reads garbage rather than what was there: the sanitizer build
+# cannot run under User-Mode Linux.
 run_suite_under_ktls() {
     local release=$1 nginx=$2 module=$3 debian_module=$4 log=$5
     local bin name started rc failed=0
