@@ -94,18 +94,19 @@ build_debian_module() {
 }
 
 # Whether release R's User-Mode Linux kernel runs a process on this host.
-# Not on every host: on one whose CPUs have AMX, Debian 12's (6.1) and 13's
-# (6.12) kill init with SIGSEGV at the first process, in the FPU state
-# restore (put_fp_registers), while unstable's (7.2) boots.
+# Without scripts/lib/uml-xstate-pad.c, which scripts/ktls-vm preloads,
+# Debian 12's (6.1) and 13's (6.12) would not on a host whose CPUs have
+# AMX: init dies with SIGSEGV when UML restores its first FPU state.
 uml_boots() {
     KTLS_VM_TIMEOUT=60 "$REPO/scripts/ktls-vm" --release "$1" /bin/true >/dev/null 2>&1
 }
 
 # The kTLS lanes: bookworm with the vendored nginx 1.28 and with its own
-# 1.22, trixie's and sid's own nginx. Every one runs unless KTLS_LANES
-# names the ones to run (KTLS_LANES="sid trixie"); a lane that cannot run
-# fails, one left out on request is said so.
-readonly all_ktls_lanes="bookworm-vendored bookworm-debian trixie sid"
+# 1.22, trixie's and sid's own nginx, and the sanitizer build under sid's
+# kernel. Every one runs unless KTLS_LANES names the ones to run
+# (KTLS_LANES="sid trixie"); a lane that cannot run fails, one left out on
+# request is said so.
+readonly all_ktls_lanes="sid-sanitize bookworm-vendored bookworm-debian trixie sid"
 
 # Dies unless every name in KTLS_LANES is a lane.
 check_ktls_lanes() {

@@ -6,19 +6,29 @@
 # Where the kTLS runs write their output, one file per run and binary.
 test_logs=$REPO/target/test-logs
 
-# The suite under kTLS, in two lanes at once (the machine has two cores),
-# each run going on when one before it failed: bookworm with the vendored
-# nginx 1.28, then trixie's own nginx; bookworm's own nginx 1.22, then
-# sid's. Each Debian nginx loads the module built for it.
+# The suite under kTLS, every lane at once: a guest spends most of its
+# time waiting (on timers, slow disks, slow readers), not computing, so
+# the lanes share the two cores well; KTLS_LANE_JOBS (default: all) caps
+# how many run at a time. A lane goes on when one of its binaries failed.
 run_ktls_lanes() {
-    local rc=0 lane_a
+    local rc=0 lane jobs=${KTLS_LANE_JOBS:-5} running=0
     check_ktls_lanes
+    [[ $jobs =~ ^[1-9][0-9]*$ ]] || die "KTLS_LANE_JOBS must be a positive number"
     mkdir -p "$test_logs"
-    ktls_lane_vendored_then_trixie "$@" &
-    lane_a=$!
-    ktls_lane_bookworm_then_sid "$@" || rc=1
-    wait "$lane_a" || rc=1
-    cat "$test_logs"/{bookworm-vendored,bookworm-debian,trixie,sid}
+    if ktls_lane_wanted sid-sanitize; then build_sanitized; fi
+    for lane in $all_ktls_lanes; do
+        if ((running == jobs)); then
+            wait -n || rc=1
+            running=$((running - 1))
+        fi
+        run_lane "$lane" "$@" &
+        running=$((running + 1))
+    done
+    while ((running > 0)); do
+        wait -n || rc=1
+        running=$((running - 1))
+    done
+    for lane in $all_ktls_lanes; do cat "$test_logs/$lane"; done
     say_which_lanes_ran
     return "$rc"
 }
@@ -31,20 +41,27 @@ say_which_lanes_ran() {
     log "kTLS lanes run: ${ran[*]:-none}; left out on request (KTLS_LANES): ${left[*]:-none}"
 }
 
-ktls_lane_vendored_then_trixie() {
-    local rc=0
-    run_suite_under_ktls bookworm "$KTLS_NGINX" "$KTLS_MODULE" "$KTLS_DEBIAN_MODULE" \
-        "$test_logs/bookworm-vendored" "$@" || rc=1
-    run_release_suite trixie "$@" || rc=1
-    return "$rc"
-}
-
-ktls_lane_bookworm_then_sid() {
-    local rc=0
-    run_suite_under_ktls bookworm /usr/sbin/nginx "$KTLS_DEBIAN_MODULE" "$KTLS_DEBIAN_MODULE" \
-        "$test_logs/bookworm-debian" "$@" || rc=1
-    run_release_suite sid "$@" || rc=1
-    return "$rc"
+# One lane: its release, the nginx it runs and the module that nginx
+# loads (the debian_module test loads the release's own module into the
+# release's /usr/sbin/nginx). bookworm runs the vendored nginx 1.28 and its
+# own 1.22, trixie and sid their own nginx; sid-sanitize runs the sanitizer
+# build (scripts/lib/sanitize.sh) under sid's kernel, the one kTLS kernel
+# here whose processes have the 47-bit address space that ASan's shadow
+# memory needs (Debian 12's and 13's UML give theirs 39 bits).
+run_lane() {
+    local lane=$1 sid_module=$KTLS_OUT/debian-sid/ngx_http_ktls_module.so
+    shift
+    case $lane in
+    bookworm-vendored)
+        run_suite_under_ktls bookworm "$KTLS_NGINX" "$KTLS_MODULE" "$KTLS_DEBIAN_MODULE" \
+            "$test_logs/$lane" "$@" ;;
+    bookworm-debian)
+        run_suite_under_ktls bookworm /usr/sbin/nginx "$KTLS_DEBIAN_MODULE" \
+            "$KTLS_DEBIAN_MODULE" "$test_logs/$lane" "$@" ;;
+    trixie | sid) run_release_suite "$lane" "$@" ;;
+    sid-sanitize) run_sanitizer_suite "$sid_module" "$@" ;;
+    *) die "no lane $lane" ;;
+    esac
 }
 
 # The suite under release R's kernel with R's own nginx and its module.
@@ -53,6 +70,24 @@ run_release_suite() {
     shift
     module=$KTLS_OUT/debian-$release/ngx_http_ktls_module.so
     run_suite_under_ktls "$release" /usr/sbin/nginx "$module" "$module" "$test_logs/$release" "$@"
+}
+
+# The suite under sid's kernel against the sanitizer build; a sanitizer
+# report fails the lane and is appended to its log.
+run_sanitizer_suite() {
+    local debian_module=$1 log=$test_logs/sid-sanitize rc=0
+    shift
+    (
+        start_sanitizer_reports "$log.reports"
+        run_suite_under_ktls sid "$san_out/nginx" "$san_out/ngx_http_ktls_module.so" \
+            "$debian_module" "$log" "$@"
+    ) || rc=1
+    ktls_lane_wanted sid-sanitize || return "$rc"
+    if ! check_sanitizer_reports "$log.reports" >>"$log" 2>&1; then
+        printf '%-17s FAIL: sanitizer reports in %s\n' sid-sanitize "${log#"$REPO"/}.reports" >>"$log"
+        rc=1
+    fi
+    return "$rc"
 }
 
 # The e2e test executables, built on the host (the kTLS runs execute the
@@ -65,26 +100,29 @@ e2e_binaries() {
 
 # Runs every binary of the suite under RELEASE's kernel and userland with
 # NGINX (a path inside the guest) and MODULE, one binary a guest, writing
-# each binary's output and a summary line per binary to LOG. DEBIAN_MODULE
+# each binary's output (with each test's time: libtest's --report-time,
+# which takes RUSTC_BOOTSTRAP) and a summary line per binary to LOG. DEBIAN_MODULE
 # is what the debian_module test loads into the release's /usr/sbin/nginx.
 # Fails when any binary fails, or when the release's kernel does not boot
 # here; KTLS_EXPECT_KERNEL makes a run without kTLS fail. A lane (LOG's
 # name) that KTLS_LANES leaves out is not run. glibc fills freed memory
 # with a pattern (MALLOC_PERTURB_), so that what touches memory after it
-# was freed reads garbage rather than what was there: the sanitizer build
-# cannot run under User-Mode Linux.
+# was freed reads garbage rather than what was there, in the lanes whose
+# nginx has no ASan.
 run_suite_under_ktls() {
-    local release=$1 nginx=$2 module=$3 debian_module=$4 log=$5
+    local release=$1 nginx=$2 module=$3 debian_module=$4 log=$5 lane
     local bin name started rc failed=0
     shift 5
+    lane=$(basename "$log")
     : >"$log"
-    if ! ktls_lane_wanted "$(basename "$log")"; then
-        printf '%-8s left out on request (KTLS_LANES=%s): %s\n' "$release" "$KTLS_LANES" "$nginx" >"$log"
+    if ! ktls_lane_wanted "$lane"; then
+        printf '%-17s left out on request (KTLS_LANES=%s): %s\n' "$lane" "$KTLS_LANES" "$nginx" >"$log"
         return 0
     fi
     if ! uml_boots "$release"; then
-        log "$release's UML kernel does not boot on this host: its lane ($nginx) cannot run"
-        printf '%-8s FAIL: its UML kernel does not boot on this host (uml_boots)\n' "$release" >"$log"
+        log "$release's UML kernel does not boot on this host: lane $lane ($nginx) cannot run"
+        printf '%-17s FAIL: its UML kernel (%s) does not boot on this host (uml_boots)\n' \
+            "$lane" "$release" >"$log"
         return 1
     fi
     for bin in "$@"; do
@@ -93,10 +131,10 @@ run_suite_under_ktls() {
         started=$SECONDS
         rc=0
         MALLOC_PERTURB_=165 KTLS_EXPECT_KERNEL=1 KTLS_NGINX="$nginx" KTLS_MODULE="$module" \
-            KTLS_DEBIAN_MODULE="$debian_module" \
+            KTLS_DEBIAN_MODULE="$debian_module" RUSTC_BOOTSTRAP=1 \
             "$REPO/scripts/ktls-vm" --release "$release" "$bin" --test-threads=1 \
-            >"$log.$name" 2>&1 || rc=$?
-        summarize_binary_run "$release" "$name" "$rc" "$((SECONDS - started))" \
+            -Z unstable-options --report-time >"$log.$name" 2>&1 || rc=$?
+        summarize_binary_run "$lane" "$name" "$rc" "$((SECONDS - started))" \
             "$log.$name" >>"$log"
         if ((rc != 0)); then
             failed=1
@@ -106,13 +144,13 @@ run_suite_under_ktls() {
     return "$failed"
 }
 
-# One line: release, binary, verdict, seconds, libtest's counts and the
-# kTLS sockets the guest opened (scripts/ktls-vm's report).
+# One line: lane, binary, verdict, seconds, libtest's counts and the kTLS
+# sockets the guest opened (scripts/ktls-vm's report).
 summarize_binary_run() {
-    local release=$1 name=$2 rc=$3 seconds=$4 out=$5 counts sockets
+    local lane=$1 name=$2 rc=$3 seconds=$4 out=$5 counts sockets
     counts=$(grep -ho 'test result: .*; [0-9]* failed' "$out" | tail -n 1 | sed 's/test result: //')
     sockets=$(sed -n 's/^ktls-vm: guest kTLS sockets ([a-z]*): //p' "$out" | tail -n 1)
-    printf '%-8s %-18s %-4s %4ss  %s; kTLS: %s\n' "$release" "$name" \
+    printf '%-17s %-18s %-4s %4ss  %s; kTLS: %s\n' "$lane" "$name" \
         "$( ((rc == 0)) && echo ok || echo FAIL)" "$seconds" "${counts:-no result}" \
         "${sockets:-not reported}"
 }
