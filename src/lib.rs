@@ -6,11 +6,14 @@
 //! connection and OpenSSL has nothing of its own pending, memory buffers with
 //! `SSL_write()` (`SSL_write_early_data()` in 0-RTT).  The decisions live in
 //! [`plan`], free of FFI; [`ssl`], [`chain`] and [`takeover`] are the thin
-//! layer that talks to nginx and OpenSSL.
+//! layer that talks to nginx and OpenSSL.  Where the kernel also decrypts
+//! what a connection receives, [`receive`] reads it after nginx's TLS
+//! shutdown (lingering close), record by record ([`record`] decides).
 
 mod conf;
 mod error_level;
 mod plan;
+mod record;
 mod rekey;
 
 // The layer that talks to nginx and OpenSSL.  Unit tests run without nginx,
@@ -29,6 +32,8 @@ mod key_update;
 mod module;
 #[cfg(not(test))]
 mod pread;
+#[cfg(not(test))]
+mod receive;
 #[cfg(not(test))]
 mod splice;
 #[cfg(not(test))]

@@ -4,11 +4,11 @@
 use core::ptr;
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_size_slot, ngx_conf_t,
+    ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_size_slot, ngx_conf_t, ngx_cycle_t,
     ngx_http_core_main_conf_t, ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_http_ssl_module,
     ngx_http_ssl_srv_conf_t, ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_uint_t,
     SSL_CTX_get_options, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE,
-    NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_WARN,
+    NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_WARN, NGX_OK, SSL_CTX,
 };
 use ngx::core::Status;
 use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule};
@@ -19,7 +19,7 @@ use openssl_sys as _;
 
 use crate::conf::ServerConf;
 use crate::ssl::SSL_OP_ENABLE_KTLS;
-use crate::{kernel, key_update, splice, state, takeover, variables};
+use crate::{kernel, key_update, receive, splice, state, takeover, variables};
 
 /// The module's type, for the `ngx` crate's configuration helpers.
 pub struct HttpKtlsModule;
@@ -79,6 +79,7 @@ pub static mut ngx_http_ktls_module: ngx_module_t = ngx_module_t {
     // SAFETY: the command table is only read by nginx's configuration parser.
     commands: unsafe { ptr::addr_of_mut!(COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_process: Some(init_process),
     ..ngx_module_t::default()
 };
 
@@ -125,7 +126,33 @@ impl HttpModule for HttpKtlsModule {
         key_update::init();
         // SAFETY: cf is the configuration being parsed.
         splice::init(unsafe { (*cf).log });
+        // SAFETY: as above.
+        unsafe { watch_ktls_handshakes(cf) };
         Status::NGX_OK.into()
+    }
+}
+
+/// Each worker, before its first connection.
+unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    // SAFETY: nginx passes the worker's cycle.
+    unsafe { receive::init_process(cycle) };
+    NGX_OK as ngx_int_t
+}
+
+/// Has the servers with `ktls on` and OpenSSL's KTLS option report which
+/// of their handshakes ended with kTLS receiving ([`receive`]).
+///
+/// # Safety
+/// As for [`warn_if_kernel_lacks_tls`].
+unsafe fn watch_ktls_handshakes(cf: *mut ngx_conf_t) {
+    receive::reset();
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        for (ctx, conf) in server_contexts(cf) {
+            if (*conf).enable == 1 && SSL_CTX_get_options(ctx) & SSL_OP_ENABLE_KTLS != 0 {
+                receive::watch_handshakes(ctx);
+            }
+        }
     }
 }
 
@@ -159,19 +186,36 @@ unsafe fn warn_if_kernel_lacks_tls(cf: *mut ngx_conf_t) {
 /// # Safety
 /// As for [`warn_if_kernel_lacks_tls`].
 unsafe fn any_server_wants_ktls(cf: *mut ngx_conf_t) -> bool {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        server_contexts(cf)
+            .iter()
+            .any(|&(ctx, _)| SSL_CTX_get_options(ctx) & SSL_OP_ENABLE_KTLS != 0)
+    }
+}
+
+/// Every server's SSL context, with the server's configuration of this
+/// module; servers without TLS are left out.
+///
+/// # Safety
+/// As for [`warn_if_kernel_lacks_tls`].
+unsafe fn server_contexts(cf: *mut ngx_conf_t) -> Vec<(*mut SSL_CTX, *const ServerConf)> {
     // SAFETY: the core main configuration lists every server's context.
     unsafe {
         let Some(cmcf) = NgxHttpCoreModule::main_conf(&*cf) else {
-            return false;
+            return Vec::new();
         };
         let cmcf: &ngx_http_core_main_conf_t = cmcf;
         let servers = cmcf.servers.elts as *const *mut ngx_http_core_srv_conf_t;
-        (0..cmcf.servers.nelts).any(|i| {
-            let cscf = *servers.add(i);
-            let sscf = *(*(*cscf).ctx).srv_conf.add(ngx_http_ssl_module.ctx_index)
-                as *const ngx_http_ssl_srv_conf_t;
-            let ctx = (*sscf).ssl.ctx;
-            !ctx.is_null() && SSL_CTX_get_options(ctx.cast()) & SSL_OP_ENABLE_KTLS != 0
-        })
+        (0..cmcf.servers.nelts)
+            .filter_map(|i| {
+                let srv_conf = (*(**servers.add(i)).ctx).srv_conf;
+                let sscf =
+                    *srv_conf.add(ngx_http_ssl_module.ctx_index) as *const ngx_http_ssl_srv_conf_t;
+                let conf = *srv_conf.add(HttpKtlsModule::module().ctx_index) as *const ServerConf;
+                let ctx = (*sscf).ssl.ctx.cast::<SSL_CTX>();
+                (!ctx.is_null()).then_some((ctx, conf))
+            })
+            .collect()
     }
 }

@@ -74,6 +74,16 @@ pub fn small_sndbuf_stall() -> KnownBug {
     }
 }
 
+/// After its TLS shutdown nginx drains the connection with a plain `recv()`, which on a socket
+/// that kTLS decrypts fails with EIO at the client's close_notify: an `[alert]`. Any kTLS
+/// kernel, where OpenSSL turned kTLS on for receiving.
+pub fn recv_eio_after_shutdown() -> KnownBug {
+    KnownBug {
+        name: "recv() fails with EIO at the client's close_notify after shutdown",
+        on_this_kernel: true,
+    }
+}
+
 /// Like [`each`], for cases where nginx's own send path is known to fail under kTLS on some
 /// kernels: under `KTLS_EXPECT_KERNEL` on a kernel that shows `bug`, a `ktls off` failure is
 /// reported as that known bug, not fatal; the module's cases, and every case elsewhere, must

@@ -113,6 +113,16 @@ fn decode_status(block: &[u8]) -> Option<u16> {
         .ok()
 }
 
+/// Whether a GOAWAY payload says NO_ERROR with a last stream of `last_asked` or later.
+fn graceful_goaway_covers(payload: &[u8], last_asked: u32) -> bool {
+    match payload {
+        [a, b, c, d, 0, 0, 0, 0, ..] => {
+            u32::from_be_bytes([*a, *b, *c, *d]) & 0x7fff_ffff >= last_asked
+        }
+        _ => false,
+    }
+}
+
 /// Sends `GET` for every path on its own stream at once, then reads until every stream ended.
 pub fn get_concurrent(conn: &mut TlsConn, paths: &[&str]) -> io::Result<Vec<H2Response>> {
     H2::open(conn)?.get(paths)
@@ -238,6 +248,9 @@ impl<'a> H2<'a> {
                 }
                 SETTINGS if flags & ACK == 0 => conn.send(&frame(SETTINGS, ACK, 0, &[]))?,
                 PING if flags & ACK == 0 => conn.send(&frame(PING, ACK, 0, &payload))?,
+                // A graceful GOAWAY (NO_ERROR) that covers every stream asked for: they
+                // complete, and the server closes after them.
+                GOAWAY if graceful_goaway_covers(&payload, self.next_stream - 2) => {}
                 GOAWAY => {
                     return Err(io::Error::other(format!(
                         "GOAWAY from the server: {:02x?}",

@@ -378,6 +378,14 @@ impl Nginx {
         false
     }
 
+    /// `nginx -s reload` (SIGHUP to the master): new workers start, the old ones close their
+    /// idle connections and exit once the busy ones are done.
+    pub fn reload(&self) {
+        let master = self.child.as_ref().expect("nginx is running").id();
+        // SAFETY: plain kill(2) on the master we spawned (not yet reaped).
+        unsafe { libc::kill(master as libc::pid_t, libc::SIGHUP) };
+    }
+
     /// Stops nginx and asserts its error log shows nothing wrong: no crashed worker ("exited on
     /// signal"), nothing at alert, crit or emerg level except lines containing one of `allowed`.
     #[track_caller]

@@ -1,0 +1,191 @@
+//! The receiving half under kTLS after nginx's TLS shutdown: lingering close in HTTP/1 (after
+//! a response, after an unread request body) and in HTTP/2 (after GOAWAY, on reload) drains
+//! the connection until the client's close_notify, which ends it as it does under userspace
+//! TLS: no line above `info` for the connection. nginx's own path fails there with `recv()`
+//! and EIO wherever OpenSSL turned kTLS on for receiving (a known nginx bug, see
+//! `patches/README.md`); the module's cases must pass everywhere.
+
+use nginx_ktls_tests::cases::{each_known_nginx_bug, recv_eio_after_shutdown, Case};
+use nginx_ktls_tests::config::{expect_kernel, module_loaded};
+use nginx_ktls_tests::h2::H2;
+use nginx_ktls_tests::logs::{connection_lines, AccessEntry, Ktls};
+use nginx_ktls_tests::nginx::{Nginx, Setup};
+use nginx_ktls_tests::tls::{TlsConn, TlsVersion};
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+const PAGE: &[u8] = b"a small page\n";
+
+/// Reads until the server's close_notify, then sends the client's own and closes, as curl and
+/// browsers do.
+fn close_after_server(mut conn: TlsConn) -> io::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    conn.stream.read_to_end(&mut got)?;
+    conn.stream.shutdown().map_err(io::Error::other)?;
+    Ok(got)
+}
+
+/// Waits (bounded) until nginx has closed `connection`.
+fn wait_closed(srv: &Nginx, connection: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !connection_lines(&srv.error_log(), connection)
+        .iter()
+        .any(|l| l.starts_with("close http connection"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "connection {connection} was not closed after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The error log lines of `connection` above `info`.
+fn lines_above_info(srv: &Nginx, connection: u64) -> Vec<String> {
+    let tag = format!(": *{connection} ");
+    srv.error_log()
+        .lines()
+        .filter(|l| l.contains(&tag))
+        .filter(|l| {
+            ["emerg", "alert", "crit", "error", "warn", "notice"]
+                .iter()
+                .any(|lvl| l.contains(&format!(" [{lvl}] ")))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// What every case asserts once nginx closed the connection: nothing logged above `info` but
+/// what nginx logs for the request under userspace TLS (`expected`: level and text);
+/// under the module, where kTLS decrypted the connection, the client's
+/// close_notify was read as a record. Under a kTLS kernel TLS 1.2 connections must have had
+/// kTLS receiving (OpenSSL 3.0 and later give it), or the case proves nothing.
+#[track_caller]
+fn assert_clean_close(srv: &Nginx, case: Case, entry: &AccessEntry, expected: &[(&str, &str)]) {
+    wait_closed(srv, entry.connection);
+    let mut above = lines_above_info(srv, entry.connection);
+    above.retain(|l| {
+        !expected
+            .iter()
+            .any(|(level, text)| l.contains(&format!(" [{level}] ")) && l.contains(text))
+    });
+    assert!(
+        above.is_empty(),
+        "{}: logged above info: {above:#?}",
+        case.name()
+    );
+    let rx = entry.ktls_rx.as_deref() == Some("1");
+    if expect_kernel() && module_loaded() && case.version == TlsVersion::Tls12 {
+        assert!(
+            rx,
+            "{}: no kTLS receiving ($ktls_rx {:?})",
+            case.name(),
+            entry.ktls_rx
+        );
+    }
+    if rx && case.ktls == Ktls::On {
+        let lines = connection_lines(&srv.error_log(), entry.connection);
+        assert!(
+            lines.iter().any(|l| l == "ktls recv: close_notify"),
+            "{}: the client's close_notify was not read as a record",
+            case.name()
+        );
+    }
+}
+
+#[test]
+fn lingering_close_after_a_response_ends_at_close_notify() {
+    let srv = Setup::new("rx-linger")
+        .server("lingering_close always;\nlocation / { }")
+        .file("page", PAGE.to_vec())
+        .start();
+    each_known_nginx_bug(Case::all(), recv_eio_after_shutdown(), |case| {
+        let uri = format!("/page?case={}", case.name());
+        let mut conn = TlsConn::connect(srv.port(case.ktls), &case.opts()).expect("connect");
+        let request = format!("GET {uri} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        conn.send(request.as_bytes()).expect("request");
+        let got = close_after_server(conn).expect("response and close_notify");
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n") && got.ends_with(PAGE));
+        assert_clean_close(&srv, case, &srv.entry(&uri), &[]);
+    });
+    srv.finish_allowing(&["recv() failed (5: Input/output error)"]);
+}
+
+#[test]
+fn lingering_close_after_an_unread_body_ends_at_close_notify() {
+    let srv = Setup::new("rx-413")
+        .server("client_max_body_size 1k;\nlocation / { }")
+        .file("page", PAGE.to_vec())
+        .start();
+    let body = vec![b'x'; 64 << 10];
+    each_known_nginx_bug(Case::all(), recv_eio_after_shutdown(), |case| {
+        let uri = format!("/page?case={}", case.name());
+        let mut conn = TlsConn::connect(srv.port(case.ktls), &case.opts()).expect("connect");
+        let head = format!(
+            "POST {uri} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.send(head.as_bytes()).expect("request head");
+        conn.send(&body).expect("request body");
+        let got = close_after_server(conn).expect("response and close_notify");
+        assert!(
+            got.starts_with(b"HTTP/1.1 413 "),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+        let too_large = (
+            "error",
+            "client intended to send too large body: 65536 bytes",
+        );
+        assert_clean_close(&srv, case, &srv.entry(&uri), &[too_large]);
+    });
+    srv.finish_allowing(&["recv() failed (5: Input/output error)"]);
+}
+
+/// Gets the page over HTTP/2 on a new connection, which it returns open, with the URI asked.
+fn h2_get_page(srv: &Nginx, case: Case) -> (String, TlsConn) {
+    let uri = format!("/page?case={}", case.name());
+    let mut conn = TlsConn::connect(srv.port(case.ktls), &case.opts().h2()).expect("connect");
+    let responses = H2::open(&mut conn)
+        .and_then(|mut h2| h2.get(&[&uri]))
+        .expect("GET");
+    assert_eq!(
+        (responses[0].status, responses[0].body.as_slice()),
+        (200, PAGE)
+    );
+    (uri, conn)
+}
+
+/// HTTP/2 with `keepalive_requests 1`: GOAWAY after the first stream, then lingering close.
+#[test]
+fn http2_lingering_close_after_goaway_ends_at_close_notify() {
+    let srv = Setup::new("rx-h2-goaway")
+        .http2()
+        .server("keepalive_requests 1;\nlocation / { }")
+        .file("page", PAGE.to_vec())
+        .start();
+    each_known_nginx_bug(Case::all(), recv_eio_after_shutdown(), |case| {
+        let (uri, conn) = h2_get_page(&srv, case);
+        close_after_server(conn).expect("GOAWAY and close_notify");
+        assert_clean_close(&srv, case, &srv.entry(&uri), &[]);
+    });
+    srv.finish_allowing(&["recv() failed (5: Input/output error)"]);
+}
+
+/// `nginx -s reload` with an idle HTTP/2 connection: the old worker sends GOAWAY and drains it.
+#[test]
+fn http2_idle_connection_on_reload_ends_at_close_notify() {
+    let srv = Setup::new("rx-h2-reload")
+        .http2()
+        .server("location / { }")
+        .file("page", PAGE.to_vec())
+        .start();
+    each_known_nginx_bug(Case::all(), recv_eio_after_shutdown(), |case| {
+        let (uri, conn) = h2_get_page(&srv, case);
+        let entry = srv.entry(&uri);
+        srv.reload();
+        close_after_server(conn).expect("GOAWAY and close_notify");
+        assert_clean_close(&srv, case, &entry, &[]);
+    });
+    srv.finish_allowing(&["recv() failed (5: Input/output error)"]);
+}

@@ -1,0 +1,287 @@
+//! Reading a connection that kernel TLS decrypts, after nginx's TLS
+//! shutdown (the decisions are [`crate::record`]'s).
+//!
+//! `ngx_ssl_shutdown()` leaves the connection with `c->recv = ngx_recv`,
+//! and HTTP/1 and HTTP/2 lingering close drain it through that: a plain
+//! `recv()`, which on a kTLS socket fails with EIO at the client's
+//! close_notify and logs an alert.  `ngx_recv` is `ngx_io.recv`, read at
+//! that moment, so each worker puts [`recv`] there: for connections whose
+//! handshake ended with kTLS receiving on a server with `ktls on` it reads
+//! records with their types, every other connection goes to nginx's own
+//! function untouched.  The handshake's end is seen in the SSL context's
+//! info callback, chained after nginx's; by the time lingering close reads,
+//! HTTP/2 has freed the SSL object, so the connection is remembered by its
+//! slot and serial number.
+
+use core::ffi::{c_int, c_void};
+use core::ptr;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use nginx_sys::{
+    ngx_connection_error, ngx_connection_t, ngx_cycle, ngx_cycle_t, ngx_io, ngx_recv_pt,
+    ngx_ssl_connection_index, u_char, SSL_CTX_get_info_callback, SSL_CTX_set_info_callback,
+    SSL_get_ex_data, NGX_AGAIN, NGX_ERROR, SSL, SSL_CB_HANDSHAKE_DONE, SSL_CTX,
+};
+
+use crate::record::{self, Drained, ReadFailure};
+use crate::{kernel, ssl};
+
+/// `TLS_GET_RECORD_TYPE` (linux/tls.h): the control message that carries a
+/// received record's content type.
+const TLS_GET_RECORD_TYPE: c_int = 2;
+
+type InfoCallback = unsafe extern "C" fn(*const SSL, c_int, c_int);
+
+/// nginx's info callback, which ours calls first.
+static mut NGINX_INFO_CALLBACK: Option<InfoCallback> = None;
+
+/// Whether a context of the running configuration reports handshakes.
+static WATCHING: AtomicBool = AtomicBool::new(false);
+
+/// nginx's `ngx_io.recv`, which every other connection keeps.
+static mut NGINX_RECV: ngx_recv_pt = None;
+
+/// Per connection slot, the serial number (plus one) of the connection
+/// there whose handshake ended with kTLS receiving; 0 for none.
+static RECORD_READERS: OnceLock<Box<[AtomicU64]>> = OnceLock::new();
+
+/// Starts a configuration: no context reports handshakes yet.
+pub fn reset() {
+    WATCHING.store(false, Ordering::Relaxed);
+}
+
+/// Makes the handshakes of `ctx` (a server with `ktls on` and OpenSSL's
+/// KTLS option) report whether they ended with kTLS receiving.
+///
+/// # Safety
+/// `ctx` must be a server's SSL context, at configuration time.
+pub unsafe fn watch_handshakes(ctx: *mut SSL_CTX) {
+    // SAFETY: configuration is single-threaded; the callback is nginx's
+    // ngx_ssl_info_callback(), the same for every context it made.
+    unsafe {
+        let current = SSL_CTX_get_info_callback(ctx);
+        let ours = info_callback as InfoCallback;
+        if current.map(|f| f as usize) != Some(ours as usize) {
+            NGINX_INFO_CALLBACK = current;
+            SSL_CTX_set_info_callback(ctx, Some(ours));
+        }
+    }
+    WATCHING.store(true, Ordering::Relaxed);
+}
+
+/// nginx's info callback, then, at the end of a connection's first
+/// handshake, whether kTLS receives for it.
+unsafe extern "C" fn info_callback(ssl: *const SSL, where_: c_int, ret: c_int) {
+    // SAFETY: OpenSSL passes a live SSL; nginx keeps its connection in the
+    // ex_data slot from ngx_ssl_create_connection() on.
+    unsafe {
+        if let Some(nginx) = NGINX_INFO_CALLBACK {
+            nginx(ssl, where_, ret);
+        }
+        if where_ & SSL_CB_HANDSHAKE_DONE as c_int == 0 {
+            return;
+        }
+        let c = SSL_get_ex_data(ssl, ngx_ssl_connection_index).cast::<ngx_connection_t>();
+        // TLS 1.3 reports post-handshake messages as handshakes too: only
+        // the first one, before nginx marks the connection handshaked.
+        if c.is_null() || (*c).ssl.is_null() || (*(*c).ssl).handshaked() != 0 {
+            return;
+        }
+        let receives = ssl::ktls_recv(ssl.cast_mut());
+        debug!(
+            (*c).log,
+            "ktls: handshake done, BIO_get_ktls_recv(): {}", receives as u8
+        );
+        if receives {
+            remember_reader(c);
+        }
+    }
+}
+
+/// In a worker: where nginx's TLS connections will read with `ngx_recv`
+/// after shutdown, reads records instead on those that need it.
+///
+/// # Safety
+/// `cycle` must be the worker's cycle, in init_process.
+pub unsafe fn init_process(cycle: *mut ngx_cycle_t) {
+    if !WATCHING.load(Ordering::Relaxed) || !kernel::available() {
+        return;
+    }
+    // SAFETY: init_process runs before any connection, after the event
+    // module set ngx_io.
+    unsafe {
+        let slots = (0..(*cycle).connection_n)
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        if RECORD_READERS.set(slots).is_err() {
+            return;
+        }
+        NGINX_RECV = ngx_io.recv;
+        ngx_io.recv = Some(recv);
+    }
+}
+
+/// The slot of `c` in the worker's connections.
+///
+/// # Safety
+/// `c` must be one of the cycle's connections.
+unsafe fn slot(c: *mut ngx_connection_t) -> Option<&'static AtomicU64> {
+    let slots = RECORD_READERS.get()?;
+    // SAFETY: connections are elements of ngx_cycle->connections.
+    let index = unsafe { c.offset_from((*ngx_cycle).connections) };
+    usize::try_from(index).ok().and_then(|i| slots.get(i))
+}
+
+/// # Safety
+/// `c` must be a live connection of the cycle.
+unsafe fn remember_reader(c: *mut ngx_connection_t) {
+    // SAFETY: forwarded from the caller.
+    if let Some(slot) = unsafe { slot(c) } {
+        // SAFETY: as above.
+        slot.store(unsafe { (*c).number } + 1, Ordering::Relaxed);
+    }
+}
+
+/// # Safety
+/// `c` must be a live connection of the cycle.
+unsafe fn reads_records(c: *mut ngx_connection_t) -> bool {
+    // SAFETY: forwarded from the caller.
+    unsafe { slot(c).is_some_and(|s| s.load(Ordering::Relaxed) == (*c).number + 1) }
+}
+
+/// `ngx_io.recv` in a worker.
+unsafe extern "C" fn recv(c: *mut ngx_connection_t, buf: *mut u_char, size: usize) -> isize {
+    // SAFETY: nginx passes a live connection and a buffer of size bytes;
+    // NGINX_RECV was set before this was installed.
+    unsafe {
+        if reads_records(c) {
+            return recv_records(c, buf, size);
+        }
+        match NGINX_RECV {
+            Some(nginx) => nginx(c, buf, size),
+            None => NGX_ERROR as isize,
+        }
+    }
+}
+
+/// One read of a kTLS connection after shutdown, as `ngx_unix_recv()`
+/// would return it: bytes of application data, 0 at the end of the
+/// stream, NGX_AGAIN or NGX_ERROR.
+///
+/// # Safety
+/// As for [`recv`].
+unsafe fn recv_records(c: *mut ngx_connection_t, buf: *mut u_char, size: usize) -> isize {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let rev = (*c).read;
+        loop {
+            let (n, record_type) = match recv_record(c, buf, size) {
+                Ok(read) => read,
+                Err(errno) => match record::read_failure(errno) {
+                    ReadFailure::Retry => continue,
+                    ReadFailure::Again => {
+                        (*rev).set_ready(0);
+                        return NGX_AGAIN as isize;
+                    }
+                    ReadFailure::Undecryptable(why) => {
+                        debug!((*c).log, "ktls recv: {why}: end of stream");
+                        return end_of_stream(c);
+                    }
+                    ReadFailure::Socket => {
+                        (*rev).set_ready(0);
+                        (*rev).set_error(1);
+                        ngx_connection_error(c, errno, c"recv() failed".as_ptr().cast_mut());
+                        return NGX_ERROR as isize;
+                    }
+                },
+            };
+            debug!((*c).log, "recv: fd:{} {} of {}", (*c).fd, n, size);
+            if n == 0 {
+                return end_of_stream(c);
+            }
+            let body = core::slice::from_raw_parts(buf, n);
+            match record::drained_record(record_type, body) {
+                // Records of one type end a read: more may be queued, so
+                // the event stays ready until a read finds nothing.
+                Drained::Data => return n as isize,
+                Drained::Skip => {
+                    debug!((*c).log, "ktls recv: record type {record_type} skipped");
+                }
+                Drained::CloseNotify => {
+                    debug!((*c).log, "ktls recv: close_notify");
+                    return end_of_stream(c);
+                }
+                Drained::Alert(level, description) => {
+                    debug!(
+                        (*c).log,
+                        "ktls recv: alert {description} (level {level}): end of stream"
+                    );
+                    return end_of_stream(c);
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn end_of_stream(c: *mut ngx_connection_t) -> isize {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let rev = (*c).read;
+        (*rev).set_ready(0);
+        (*rev).set_eof(1);
+    }
+    0
+}
+
+/// One `recvmsg()` with room for the record type: the bytes read and the
+/// type of their record, or the errno.
+///
+/// # Safety
+/// `c` must be a live connection and `buf` hold `size` writable bytes.
+unsafe fn recv_record(
+    c: *mut ngx_connection_t,
+    buf: *mut u_char,
+    size: usize,
+) -> Result<(usize, u8), i32> {
+    // Room for one cmsghdr and its byte, 8-aligned as the kernel writes it.
+    let mut control = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: buf.cast::<c_void>(),
+        iov_len: size,
+    };
+    // SAFETY: msghdr is plain data; every pointer in it outlives the call.
+    unsafe {
+        let mut msg: libc::msghdr = core::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast::<c_void>();
+        msg.msg_controllen = core::mem::size_of_val(&control);
+        let n = libc::recvmsg((*c).fd, &mut msg, 0);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO));
+        }
+        Ok((n as usize, record_type(&msg)))
+    }
+}
+
+/// The record type the kernel attached to a read; application data when
+/// it attached none (it always does on a kTLS socket).
+fn record_type(msg: &libc::msghdr) -> u8 {
+    // SAFETY: the control buffer was filled by recvmsg(); CMSG_* walk it
+    // within msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_TLS && (*cmsg).cmsg_type == TLS_GET_RECORD_TYPE {
+                return ptr::read(libc::CMSG_DATA(cmsg));
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    record::CONTENT_APPLICATION_DATA
+}
