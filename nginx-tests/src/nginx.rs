@@ -427,6 +427,31 @@ impl Nginx {
         self.finish_allowing(&[]);
     }
 
+    /// Under a sanitizer build (`KTLS_SANITIZER_REPORTS`, the reports' folder): copies the
+    /// sanitizer reports a process wrote to the error log (its stderr) there, before the work
+    /// dir goes. UBSan, once set up lazily in a worker, writes there rather than to its
+    /// log_path, and takes ASan's later reports with it.
+    fn keep_sanitizer_reports(&self) {
+        let Some(dir) = std::env::var_os("KTLS_SANITIZER_REPORTS") else {
+            return;
+        };
+        let log = self.error_log();
+        if !log.lines().any(is_sanitizer_line) {
+            return;
+        }
+        let name = self.dir.path().file_name().unwrap_or_default();
+        let mut path = PathBuf::from(dir);
+        path.push(format!("sanitizer.error-log.{}", name.to_string_lossy()));
+        let report: String = log
+            .lines()
+            .filter(|l| !l.contains(" [debug] "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if let Err(e) = fs::write(&path, report) {
+            eprintln!("sanitizer report {}: {e}", path.display());
+        }
+    }
+
     fn print_log_tail(&self) {
         let log = self.error_log();
         let lines: Vec<&str> = log.lines().collect();
@@ -456,6 +481,7 @@ impl Drop for Nginx {
         if let Some(mut child) = self.child.take() {
             stop_child(&mut child);
         }
+        self.keep_sanitizer_reports();
         if std::thread::panicking() {
             self.print_log_tail();
         }
@@ -540,4 +566,9 @@ fn children_of(pid: u32) -> Vec<u32> {
                 == Some(pid)
         })
         .collect()
+}
+
+/// Whether an error-log line starts a sanitizer report.
+fn is_sanitizer_line(line: &str) -> bool {
+    line.contains(": runtime error: ") || line.contains("ERROR: AddressSanitizer")
 }
