@@ -1,6 +1,6 @@
 //! The module's directives.
 
-use nginx_sys::ngx_flag_t;
+use nginx_sys::{ngx_flag_t, ngx_uint_t};
 use ngx::http::{Merge, MergeConfigError};
 
 /// Per-server configuration.
@@ -15,10 +15,54 @@ pub struct ServerConf {
     /// `ktls_splice on | off;`: whether those runs go through a pipe where
     /// the kernel keeps TLS records open across splices.
     pub splice: ngx_flag_t,
+    /// `ktls_rx on | off | auto;`: where this server's connections decrypt
+    /// what they receive ([`KtlsRx`]).
+    pub rx: ngx_uint_t,
+}
+
+/// Where a server's kTLS connections decrypt what they receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KtlsRx {
+    /// In userspace, OpenSSL's own record layer.
+    Off = 0,
+    /// In the kernel wherever OpenSSL sets it up.
+    On = 1,
+    /// In the kernel, but for TLS 1.3 where the kernel cannot take the new
+    /// receiving key of a client's KeyUpdate (before Linux 6.14): there a
+    /// KeyUpdate would end the connection, and userspace follows it.
+    Auto = 2,
+}
+
+impl KtlsRx {
+    /// The value `ngx_conf_set_enum_slot()` stored.
+    pub fn from_conf(value: ngx_uint_t) -> KtlsRx {
+        match value {
+            0 => KtlsRx::Off,
+            1 => KtlsRx::On,
+            _ => KtlsRx::Auto,
+        }
+    }
+
+    /// Whether the kernel is to decrypt what a connection receives, for its
+    /// protocol (`tls13`) and whether the kernel takes new TLS 1.3 keys.
+    pub fn kernel_receives(self, tls13: bool, kernel_rekeys: bool) -> bool {
+        match self {
+            KtlsRx::Off => false,
+            KtlsRx::On => true,
+            KtlsRx::Auto => !tls13 || kernel_rekeys,
+        }
+    }
+
+    /// Whether some connection would be kept from kernel receiving.
+    pub fn may_refuse(self, kernel_rekeys: bool) -> bool {
+        !(self.kernel_receives(true, kernel_rekeys) && self.kernel_receives(false, kernel_rekeys))
+    }
 }
 
 /// `NGX_CONF_UNSET` for an `ngx_flag_t`.
 pub const UNSET: ngx_flag_t = -1;
+/// `NGX_CONF_UNSET_UINT`.
+pub const UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
 /// `NGX_CONF_UNSET_SIZE`.
 pub const UNSET_SIZE: usize = usize::MAX;
 /// The default `ktls_sendfile_min_size`: one full TLS record.  Shorter runs
@@ -32,6 +76,7 @@ impl Default for ServerConf {
             enable: UNSET,
             sendfile_min: UNSET_SIZE,
             splice: UNSET,
+            rx: UNSET_UINT,
         }
     }
 }
@@ -43,6 +88,13 @@ impl Merge for ServerConf {
         }
         if self.splice == UNSET {
             self.splice = if prev.splice == UNSET { 1 } else { prev.splice };
+        }
+        if self.rx == UNSET_UINT {
+            self.rx = if prev.rx == UNSET_UINT {
+                KtlsRx::Auto as ngx_uint_t
+            } else {
+                prev.rx
+            };
         }
         if self.sendfile_min == UNSET_SIZE {
             self.sendfile_min = if prev.sendfile_min == UNSET_SIZE {
@@ -64,6 +116,7 @@ mod tests {
             enable,
             sendfile_min: UNSET_SIZE,
             splice: UNSET,
+            rx: UNSET_UINT,
         }
     }
 
@@ -74,6 +127,7 @@ mod tests {
         assert_eq!(c.enable, 1);
         assert_eq!(c.sendfile_min, DEFAULT_SENDFILE_MIN);
         assert_eq!(c.splice, 1);
+        assert_eq!(KtlsRx::from_conf(c.rx), KtlsRx::Auto);
     }
 
     #[test]
@@ -83,10 +137,12 @@ mod tests {
             enable: UNSET,
             sendfile_min: 0,
             splice: 0,
+            rx: KtlsRx::Off as ngx_uint_t,
         })
         .unwrap();
         assert_eq!(c.sendfile_min, 0);
         assert_eq!(c.splice, 0);
+        assert_eq!(KtlsRx::from_conf(c.rx), KtlsRx::Off);
     }
 
     #[test]
@@ -101,5 +157,24 @@ mod tests {
         let mut c = conf(1);
         c.merge(&conf(0)).unwrap();
         assert_eq!(c.enable, 1);
+    }
+
+    #[test]
+    fn auto_keeps_tls13_out_of_a_kernel_that_cannot_rekey() {
+        assert!(KtlsRx::Auto.kernel_receives(false, false));
+        assert!(!KtlsRx::Auto.kernel_receives(true, false));
+        assert!(KtlsRx::Auto.kernel_receives(true, true));
+        assert!(KtlsRx::Auto.may_refuse(false));
+        assert!(!KtlsRx::Auto.may_refuse(true));
+    }
+
+    #[test]
+    fn on_and_off_ignore_the_protocol() {
+        for (tls13, rekeys) in [(false, false), (true, false), (true, true)] {
+            assert!(KtlsRx::On.kernel_receives(tls13, rekeys));
+            assert!(!KtlsRx::Off.kernel_receives(tls13, rekeys));
+        }
+        assert!(KtlsRx::Off.may_refuse(true));
+        assert!(!KtlsRx::On.may_refuse(false));
     }
 }

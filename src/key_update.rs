@@ -11,12 +11,13 @@ use core::ffi::{c_int, c_ulong};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use nginx_sys::{
-    ngx_connection_t, OpenSSL_version_num, SSL_get_key_update_type, NGX_LOG_INFO,
+    ngx_connection_t, OpenSSL_version_num, SSL_get_key_update_type, SSL_get_options, NGX_LOG_INFO,
     SSL_KEY_UPDATE_NONE,
 };
 
 use crate::plan::Fatal;
 use crate::rekey::{self, Rekey};
+use crate::ssl::SSL_OP_ENABLE_KTLS;
 use crate::{kernel, ssl, state};
 
 /// The first OpenSSL release whose record layer gives kTLS the new key.
@@ -35,6 +36,12 @@ pub fn init() {
         kernel::available() && kernel::tx_rekey_supported(),
         Ordering::Relaxed,
     );
+}
+
+/// Whether the kernel takes new TLS 1.3 keys on a kTLS socket (Linux 6.14
+/// and later, for sending and receiving alike).
+pub fn kernel_rekeys() -> bool {
+    KERNEL_REKEYS.load(Ordering::Relaxed)
 }
 
 fn capabilities() -> Rekey {
@@ -63,7 +70,15 @@ pub unsafe fn check(c: *mut ngx_connection_t) -> Result<(), Fatal> {
         if state.stale_key {
             return Err(Fatal);
         }
-        let Some(cause) = rekey::stale_key_cause(capabilities(), ssl::ktls_send(ssl), true) else {
+        let ktls_tx = ssl::ktls_send(ssl);
+        // Without `Options KTLS` after the handshake (userspace_rx) OpenSSL
+        // keeps new keys to itself.
+        let cause = if SSL_get_options(ssl) & SSL_OP_ENABLE_KTLS == 0 {
+            rekey::userspace_keys_cause(ktls_tx, true)
+        } else {
+            rekey::stale_key_cause(capabilities(), ktls_tx, true)
+        };
+        let Some(cause) = cause else {
             debug!(
                 (*c).log,
                 "ktls: KeyUpdate queued, the kernel takes the new key"

@@ -8,7 +8,8 @@
 //! [`plan`], free of FFI; [`ssl`], [`chain`] and [`takeover`] are the thin
 //! layer that talks to nginx and OpenSSL.  Where the kernel also decrypts
 //! what a connection receives, [`receive`] reads it after nginx's TLS
-//! shutdown (lingering close), record by record ([`record`] decides).
+//! shutdown (lingering close), record by record ([`record`] decides), and
+//! [`userspace_rx`] keeps receiving in userspace where `ktls_rx` says so.
 
 mod conf;
 mod error_level;
@@ -44,6 +45,8 @@ mod state;
 mod takeover;
 #[cfg(all(not(test), ngx_feature = "threads"))]
 mod thread;
+#[cfg(not(test))]
+mod userspace_rx;
 #[cfg(not(test))]
 mod variables;
 

@@ -4,9 +4,10 @@
 use core::ptr;
 
 use nginx_sys::{
-    ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_size_slot, ngx_conf_t, ngx_cycle_t,
-    ngx_http_core_main_conf_t, ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_http_ssl_module,
-    ngx_http_ssl_srv_conf_t, ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_uint_t,
+    ngx_command_t, ngx_conf_enum_t, ngx_conf_set_enum_slot, ngx_conf_set_flag_slot,
+    ngx_conf_set_size_slot, ngx_conf_t, ngx_cycle_t, ngx_http_core_main_conf_t,
+    ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_http_ssl_module, ngx_http_ssl_srv_conf_t,
+    ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
     SSL_CTX_get_options, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE,
     NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_WARN, NGX_OK, SSL_CTX,
 };
@@ -17,18 +18,18 @@ use ngx::ngx_string;
 // Linked for its libssl: the module calls the same shared OpenSSL as nginx.
 use openssl_sys as _;
 
-use crate::conf::ServerConf;
+use crate::conf::{KtlsRx, ServerConf};
 use crate::ssl::SSL_OP_ENABLE_KTLS;
 use crate::{kernel, key_update, receive, splice, state, takeover, variables};
 
 /// The module's type, for the `ngx` crate's configuration helpers.
 pub struct HttpKtlsModule;
 
-/// `ktls on | off;`, `ktls_sendfile_min_size size;` and `ktls_splice on |
-/// off;` in http and server;
+/// `ktls on | off;`, `ktls_sendfile_min_size size;`, `ktls_splice on |
+/// off;` and `ktls_rx on | off | auto;` in http and server;
 /// nginx's own parsers give the usual `nginx -t` errors for a bad value or a
 /// wrong context.
-static mut COMMANDS: [ngx_command_t; 4] = [
+static mut COMMANDS: [ngx_command_t; 5] = [
     ngx_command_t {
         name: ngx_string!("ktls"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG) as ngx_uint_t,
@@ -53,7 +54,39 @@ static mut COMMANDS: [ngx_command_t; 4] = [
         offset: core::mem::offset_of!(ServerConf, splice),
         post: ptr::null_mut(),
     },
+    ngx_command_t {
+        name: ngx_string!("ktls_rx"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(ngx_conf_set_enum_slot),
+        conf: NGX_HTTP_SRV_CONF_OFFSET as ngx_uint_t,
+        offset: core::mem::offset_of!(ServerConf, rx),
+        // SAFETY: the value table is only read by nginx's configuration parser.
+        post: unsafe { ptr::addr_of_mut!(KTLS_RX_VALUES[0]) }.cast(),
+    },
     ngx_command_t::empty(),
+];
+
+/// The values of `ktls_rx`, for `ngx_conf_set_enum_slot()`.
+static mut KTLS_RX_VALUES: [ngx_conf_enum_t; 4] = [
+    ngx_conf_enum_t {
+        name: ngx_string!("off"),
+        value: KtlsRx::Off as ngx_uint_t,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("on"),
+        value: KtlsRx::On as ngx_uint_t,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("auto"),
+        value: KtlsRx::Auto as ngx_uint_t,
+    },
+    ngx_conf_enum_t {
+        name: ngx_str_t {
+            len: 0,
+            data: ptr::null_mut(),
+        },
+        value: 0,
+    },
 ];
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
@@ -127,7 +160,9 @@ impl HttpModule for HttpKtlsModule {
         // SAFETY: cf is the configuration being parsed.
         splice::init(unsafe { (*cf).log });
         // SAFETY: as above.
-        unsafe { watch_ktls_handshakes(cf) };
+        if unsafe { watch_ktls_handshakes(cf) }.is_err() {
+            return Status::NGX_ERROR.into();
+        }
         Status::NGX_OK.into()
     }
 }
@@ -139,21 +174,37 @@ unsafe extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     NGX_OK as ngx_int_t
 }
 
-/// Has the servers with `ktls on` and OpenSSL's KTLS option report which
-/// of their handshakes ended with kTLS receiving ([`receive`]).
+/// Has the handshakes of the servers with OpenSSL's KTLS option report to
+/// [`receive`]: where those with `ktls on` are to decrypt in the kernel
+/// (`ktls_rx`), and which ended with kTLS receiving.
 ///
 /// # Safety
 /// As for [`warn_if_kernel_lacks_tls`].
-unsafe fn watch_ktls_handshakes(cf: *mut ngx_conf_t) {
+unsafe fn watch_ktls_handshakes(cf: *mut ngx_conf_t) -> Result<(), ()> {
     receive::reset();
+    let kernel_rekeys = key_update::kernel_rekeys();
+    // Without kTLS in the kernel there is nothing to keep out of it.
+    let kernel_tls = kernel::available();
     // SAFETY: forwarded from the caller.
     unsafe {
         for (ctx, conf) in server_contexts(cf) {
-            if (*conf).enable == 1 && SSL_CTX_get_options(ctx) & SSL_OP_ENABLE_KTLS != 0 {
-                receive::watch_handshakes(ctx);
+            if SSL_CTX_get_options(ctx) & SSL_OP_ENABLE_KTLS == 0 {
+                continue;
+            }
+            let ours = ((*conf).enable == 1).then_some(&*conf);
+            let refuses = kernel_tls
+                && ours.is_some_and(|c| KtlsRx::from_conf(c.rx).may_refuse(kernel_rekeys));
+            if receive::watch_handshakes(ctx, ours, refuses).is_err() {
+                log_error!(
+                    NGX_LOG_EMERG,
+                    (*cf).log,
+                    "ktls: SSL_CTX_set_ex_data() failed"
+                );
+                return Err(());
             }
         }
     }
+    Ok(())
 }
 
 /// One warning at start (and `nginx -t`) when a server asks OpenSSL for kTLS

@@ -21,11 +21,13 @@ use std::sync::OnceLock;
 use nginx_sys::{
     ngx_connection_error, ngx_connection_t, ngx_cycle, ngx_cycle_t, ngx_io, ngx_recv_pt,
     ngx_ssl_connection_index, u_char, SSL_CTX_get_info_callback, SSL_CTX_set_info_callback,
-    SSL_get_ex_data, NGX_AGAIN, NGX_ERROR, SSL, SSL_CB_HANDSHAKE_DONE, SSL_CTX,
+    SSL_get_ex_data, NGX_AGAIN, NGX_ERROR, SSL, SSL_CB_HANDSHAKE_DONE, SSL_CB_HANDSHAKE_START,
+    SSL_CTX,
 };
 
+use crate::conf::ServerConf;
 use crate::record::{self, Drained, ReadFailure};
-use crate::{kernel, ssl};
+use crate::{kernel, ssl, state, userspace_rx};
 
 /// `TLS_GET_RECORD_TYPE` (linux/tls.h): the control message that carries a
 /// received record's content type.
@@ -36,8 +38,13 @@ type InfoCallback = unsafe extern "C" fn(*const SSL, c_int, c_int);
 /// nginx's info callback, which ours calls first.
 static mut NGINX_INFO_CALLBACK: Option<InfoCallback> = None;
 
-/// Whether a context of the running configuration reports handshakes.
+/// Whether a server of the running configuration with `ktls on` reports
+/// its handshakes.
 static WATCHING: AtomicBool = AtomicBool::new(false);
+
+/// Whether some such server's `ktls_rx` keeps a protocol out of the kernel:
+/// every connection then reads through [`userspace_rx`]'s filter.
+static FILTERING: AtomicBool = AtomicBool::new(false);
 
 /// nginx's `ngx_io.recv`, which every other connection keeps.
 static mut NGINX_RECV: ngx_recv_pt = None;
@@ -49,14 +56,31 @@ static RECORD_READERS: OnceLock<Box<[AtomicU64]>> = OnceLock::new();
 /// Starts a configuration: no context reports handshakes yet.
 pub fn reset() {
     WATCHING.store(false, Ordering::Relaxed);
+    FILTERING.store(false, Ordering::Relaxed);
 }
 
-/// Makes the handshakes of `ctx` (a server with `ktls on` and OpenSSL's
-/// KTLS option) report whether they ended with kTLS receiving.
+/// Makes the handshakes of `ctx` (a server with OpenSSL's KTLS option)
+/// report to the module: `conf` is the server's configuration if it has
+/// `ktls on`, and `filters` whether its `ktls_rx` may keep a connection's
+/// receiving out of the kernel.
 ///
 /// # Safety
-/// `ctx` must be a server's SSL context, at configuration time.
-pub unsafe fn watch_handshakes(ctx: *mut SSL_CTX) {
+/// `ctx` must be a server's SSL context, at configuration time; `conf`
+/// lives as long as the configuration.
+pub unsafe fn watch_handshakes(
+    ctx: *mut SSL_CTX,
+    conf: Option<&ServerConf>,
+    filters: bool,
+) -> Result<(), ()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { state::set_server_conf(ctx, conf)? };
+    if filters {
+        userspace_rx::init()?;
+        FILTERING.store(true, Ordering::Relaxed);
+    }
+    if conf.is_some() {
+        WATCHING.store(true, Ordering::Relaxed);
+    }
     // SAFETY: configuration is single-threaded; the callback is nginx's
     // ngx_ssl_info_callback(), the same for every context it made.
     unsafe {
@@ -67,11 +91,12 @@ pub unsafe fn watch_handshakes(ctx: *mut SSL_CTX) {
             SSL_CTX_set_info_callback(ctx, Some(ours));
         }
     }
-    WATCHING.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
-/// nginx's info callback, then, at the end of a connection's first
-/// handshake, whether kTLS receives for it.
+/// nginx's info callback, then: at the start of a connection's first
+/// handshake, the filter of `ktls_rx` where one is needed; at its end,
+/// whether kTLS receives for it, on servers with `ktls on`.
 unsafe extern "C" fn info_callback(ssl: *const SSL, where_: c_int, ret: c_int) {
     // SAFETY: OpenSSL passes a live SSL; nginx keeps its connection in the
     // ex_data slot from ngx_ssl_create_connection() on.
@@ -79,22 +104,28 @@ unsafe extern "C" fn info_callback(ssl: *const SSL, where_: c_int, ret: c_int) {
         if let Some(nginx) = NGINX_INFO_CALLBACK {
             nginx(ssl, where_, ret);
         }
-        if where_ & SSL_CB_HANDSHAKE_DONE as c_int == 0 {
-            return;
-        }
         let c = SSL_get_ex_data(ssl, ngx_ssl_connection_index).cast::<ngx_connection_t>();
         // TLS 1.3 reports post-handshake messages as handshakes too: only
         // the first one, before nginx marks the connection handshaked.
         if c.is_null() || (*c).ssl.is_null() || (*(*c).ssl).handshaked() != 0 {
             return;
         }
-        let receives = ssl::ktls_recv(ssl.cast_mut());
+        let ssl = ssl.cast_mut();
+        if where_ & SSL_CB_HANDSHAKE_START as c_int != 0 && FILTERING.load(Ordering::Relaxed) {
+            userspace_rx::install(c, ssl);
+        }
+        if where_ & SSL_CB_HANDSHAKE_DONE as c_int == 0 || state::server_conf(ssl).is_none() {
+            return;
+        }
+        let receives = ssl::ktls_recv(ssl);
         debug!(
             (*c).log,
             "ktls: handshake done, BIO_get_ktls_recv(): {}", receives as u8
         );
         if receives {
             remember_reader(c);
+        } else if FILTERING.load(Ordering::Relaxed) && ssl::ktls_send(ssl) {
+            userspace_rx::keep_key_updates_in_userspace(c, ssl);
         }
     }
 }

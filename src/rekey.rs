@@ -34,6 +34,15 @@ pub fn stale_key_cause(rekey: Rekey, ktls_tx: bool, own_update: bool) -> Option<
     None
 }
 
+/// [`stale_key_cause`] for a connection that receives in userspace while
+/// kTLS sends (`ktls_rx`): OpenSSL was told to keep later keys to itself,
+/// so a new sending key never reaches the kernel.
+pub fn userspace_keys_cause(ktls_tx: bool, own_update: bool) -> Option<&'static str> {
+    (ktls_tx && own_update).then_some(
+        "it receives in userspace (ktls_rx), where OpenSSL keeps new keys from the kernel",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +89,12 @@ mod tests {
             stale_key_cause(old_kernel, true, true).is_some_and(|why| why.contains("Linux 6.14"))
         );
         assert_eq!(stale_key_cause(BOTH, true, true), None);
+    }
+
+    #[test]
+    fn userspace_receiving_keeps_every_new_sending_key() {
+        assert!(userspace_keys_cause(true, true).is_some_and(|why| why.contains("ktls_rx")));
+        assert_eq!(userspace_keys_cause(true, false), None);
+        assert_eq!(userspace_keys_cause(false, true), None);
     }
 }

@@ -1,4 +1,5 @@
-//! What the module keeps per TLS connection, attached to the OpenSSL object.
+//! What the module keeps per TLS connection, attached to the OpenSSL object,
+//! and per server context, the server's configuration.
 //!
 //! nginx's connection has no slot for a module; the `SSL` object has
 //! ex_data slots, lives exactly as long as the TLS connection, and is shared
@@ -9,10 +10,12 @@ use core::ffi::c_int;
 use core::ptr;
 use core::sync::atomic::{AtomicI32, Ordering};
 
+use crate::conf::ServerConf;
 use crate::splice::Pipe;
 use nginx_sys::{
-    ngx_palloc, ngx_pool_t, CRYPTO_get_ex_new_index, SSL_get_ex_data, SSL_set_ex_data,
-    CRYPTO_EX_INDEX_SSL, SSL,
+    ngx_palloc, ngx_pool_t, CRYPTO_get_ex_new_index, SSL_CTX_get_ex_data, SSL_CTX_set_ex_data,
+    SSL_get_SSL_CTX, SSL_get_ex_data, SSL_set_ex_data, CRYPTO_EX_INDEX_SSL,
+    CRYPTO_EX_INDEX_SSL_CTX, SSL, SSL_CTX,
 };
 
 /// Per-connection state.
@@ -38,29 +41,70 @@ pub struct ConnState {
 }
 
 static EX_INDEX: AtomicI32 = AtomicI32::new(-1);
+/// The SSL_CTX slot that holds the configuration of a server with `ktls on`.
+static CTX_EX_INDEX: AtomicI32 = AtomicI32::new(-1);
 
-/// Reserves the ex_data slot; once per process, at configuration time.
+/// Reserves the ex_data slots; once per process, at configuration time.
 pub fn init() -> Result<(), ()> {
-    if EX_INDEX.load(Ordering::Relaxed) >= 0 {
-        return Ok(());
+    for (slot, class) in [
+        (&EX_INDEX, CRYPTO_EX_INDEX_SSL),
+        (&CTX_EX_INDEX, CRYPTO_EX_INDEX_SSL_CTX),
+    ] {
+        if slot.load(Ordering::Relaxed) >= 0 {
+            continue;
+        }
+        // SAFETY: SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL) (or the
+        // SSL_CTX one) is this call; no callbacks, since what the slots hold
+        // lives in nginx's pools.
+        let index = unsafe {
+            CRYPTO_get_ex_new_index(class as c_int, 0, ptr::null_mut(), None, None, None)
+        };
+        if index < 0 {
+            return Err(());
+        }
+        slot.store(index, Ordering::Relaxed);
     }
-    // SAFETY: SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL) is this call;
-    // no callbacks, since the state lives in the connection's pool.
-    let index = unsafe {
-        CRYPTO_get_ex_new_index(
-            CRYPTO_EX_INDEX_SSL as c_int,
-            0,
-            ptr::null_mut(),
-            None,
-            None,
-            None,
-        )
-    };
-    if index < 0 {
-        return Err(());
-    }
-    EX_INDEX.store(index, Ordering::Relaxed);
     Ok(())
+}
+
+/// Records on a server's context the server's configuration when it has
+/// `ktls on`, nothing otherwise.
+///
+/// # Safety
+/// `ctx` must be a server's SSL context, at configuration time; `conf`
+/// lives as long as the configuration (nginx's pools).
+pub unsafe fn set_server_conf(ctx: *mut SSL_CTX, conf: Option<&ServerConf>) -> Result<(), ()> {
+    let data = conf.map_or(ptr::null_mut(), |c| ptr::from_ref(c).cast_mut().cast());
+    // SAFETY: the slot was reserved in init(); ctx is live.
+    let set = unsafe { SSL_CTX_set_ex_data(ctx, CTX_EX_INDEX.load(Ordering::Relaxed), data) };
+    if set == 1 {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// The configuration of the server whose context `ssl` has now (SNI may
+/// have changed it), if that server has `ktls on`.
+///
+/// # Safety
+/// `ssl` must be a live OpenSSL connection.
+pub unsafe fn server_conf(ssl: *const SSL) -> Option<&'static ServerConf> {
+    let index = CTX_EX_INDEX.load(Ordering::Relaxed);
+    if index < 0 {
+        return None;
+    }
+    // SAFETY: the slot holds NULL or a ServerConf of the configuration
+    // that made the context (set_server_conf()), which outlives it.
+    unsafe {
+        let ctx = SSL_get_SSL_CTX(ssl);
+        if ctx.is_null() {
+            return None;
+        }
+        SSL_CTX_get_ex_data(ctx, index)
+            .cast::<ServerConf>()
+            .as_ref()
+    }
 }
 
 /// The state of `ssl`, if the module has taken the connection over.

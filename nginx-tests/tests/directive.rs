@@ -147,3 +147,28 @@ fn ktls_splice_is_checked_like_ktls() {
         "\"ktls_splice\" directive is not allowed here",
     );
 }
+
+#[test]
+fn ktls_rx_takes_on_off_or_auto() {
+    if !module_loaded() {
+        skipped("ktls_rx_takes_on_off_or_auto: needs the module (KTLS_MODULE=none)");
+        return;
+    }
+    let t = Setup::new("rx-ok")
+        .http("ktls_rx off;")
+        .http(&extra_server("ktls_rx auto;"))
+        .config_test();
+    assert!(t.status.success(), "{}", t.stderr);
+    assert_rejected(
+        "value",
+        Setup::new("rx-value").http(&extra_server("ktls_rx yes;")),
+        "ktls_rx yes;",
+        "invalid value \"yes\"",
+    );
+    assert_rejected(
+        "location",
+        Setup::new("rx-location").http(&extra_server("location /l { ktls_rx on; }")),
+        "location /l { ktls_rx on; }",
+        "\"ktls_rx\" directive is not allowed here",
+    );
+}
