@@ -34,7 +34,7 @@ ensure_packages() {
 ensure_build_deps() {
     command -v cargo >/dev/null || die "cargo is required (rustup's toolchain, Rust >= 1.81)"
     ensure_packages build-essential pkg-config libclang-dev libssl-dev libpcre2-dev zlib1g-dev \
-        openssl ca-certificates
+        openssl ca-certificates python3
 }
 
 # Builds nginx 1.28 (nginx-src crate, --with-debug) and the module against
@@ -42,16 +42,31 @@ ensure_build_deps() {
 build_vendored() {
     ensure_build_deps
     log "building nginx and the module (cargo build --release --features vendored)"
-    (cd "$REPO" && cargo build --release --features vendored --quiet) || die "build failed"
-    install_vendored_build "$REPO/target/release" "$KTLS_OUT"
+    local ngx_out
+    ngx_out=$(cd "$REPO" && cargo_build_vendored --release --features vendored) ||
+        die "build failed"
+    install_vendored_build "$ngx_out/objs" "$REPO/target/release" "$KTLS_OUT"
 }
 
-# Copies the nginx that nginx-sys built under cargo's RELEASE_DIR
-# (target/release, or target/TRIPLE/release) and the module beside it to OUT.
+# Runs cargo build with ARGS and prints the out dir of the nginx-sys build
+# that this build linked: target/ holds one per feature set and flags (lint
+# and tests build others), and the newest of them need not be this one.
+cargo_build_vendored() {
+    local messages
+    messages=$(cargo build "$@" --quiet --message-format=json-render-diagnostics) || return
+    printf '%s\n' "$messages" | python3 -c '
+import json, sys
+dirs = [m["out_dir"] for m in map(json.loads, sys.stdin)
+        if m.get("reason") == "build-script-executed"
+        and "#nginx-sys@" in m["package_id"]]
+sys.exit(print(dirs[-1]) if dirs else "cargo reported no nginx-sys build")'
+}
+
+# Copies the nginx built in OBJS and the module in cargo's RELEASE_DIR
+# (target/release, or target/TRIPLE/release) to OUT.
 install_vendored_build() {
-    local release_dir=$1 out=$2 objs
-    objs=$(ls -td "$release_dir"/build/nginx-sys-*/out/objs 2>/dev/null | head -n 1)
-    [ -x "$objs/nginx" ] || die "the vendored nginx binary was not built in $release_dir"
+    local objs=$1 release_dir=$2 out=$3
+    [ -x "$objs/nginx" ] || die "the vendored nginx binary was not built in $objs"
     mkdir -p "$out"
     install -m 0755 "$objs/nginx" "$out/nginx"
     install -m 0755 "$release_dir/libngx_http_ktls_module.so" "$out/ngx_http_ktls_module.so"

@@ -31,11 +31,12 @@ readonly san_ldflags="-fsanitize=address,undefined"
 build_sanitized() {
     ensure_build_deps
     log "building nginx with ASan+UBSan and the module with rustc's ASan"
-    RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR="$san_target" \
+    local ngx_out
+    ngx_out=$(RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=address" CARGO_TARGET_DIR="$san_target" \
         NGX_CFLAGS="$san_cflags" NGX_LDFLAGS="$san_ldflags" \
-        cargo build --release --features vendored --target "$san_rust_target" --quiet ||
+        cargo_build_vendored --release --features vendored --target "$san_rust_target") ||
         die "sanitizer build failed"
-    install_vendored_build "$san_target/$san_rust_target/release" "$san_out"
+    install_vendored_build "$ngx_out/objs" "$san_target/$san_rust_target/release" "$san_out"
 }
 
 # Empties DIR for the reports of a run and exports the sanitizer settings
