@@ -156,7 +156,7 @@ impl Setup {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let ports = [free_port(), free_port()];
+            let ports = free_ports();
             let conf = dir.write("nginx.conf", self.render(dir.path(), ports).as_bytes());
             match spawn(dir.path(), &conf, ports) {
                 Ok(child) => {
@@ -175,7 +175,7 @@ impl Setup {
     /// Writes the config to a fresh work dir and runs `nginx -t` on it.
     pub fn config_test(self) -> ConfigTest {
         let dir = self.work_dir();
-        let text = self.render(dir.path(), [free_port(), free_port()]);
+        let text = self.render(dir.path(), free_ports());
         config_test(&binaries().nginx, dir, &text)
     }
 }
@@ -204,12 +204,12 @@ fn user_directive() -> String {
     }
 }
 
-/// A port that was free a moment ago: the kernel's choice for an ephemeral bind.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+/// Two ports free now and different from each other: both are bound at once while they are
+/// chosen, as the kernel may hand a port it just freed out again.
+fn free_ports() -> [u16; 2] {
+    let bind = || TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let (a, b) = (bind(), bind());
+    [a, b].map(|l| l.local_addr().expect("bound address").port())
 }
 
 /// How long nginx may take to start and stop: UML's system calls are slow.
@@ -357,6 +357,22 @@ impl Nginx {
     /// The access log line for `uri` (make URIs unique per request, e.g. with `?n=`).
     pub fn entry(&self, uri: &str) -> AccessEntry {
         logs::wait_access_entry(&self.dir.path().join("logs/access.log"), uri)
+    }
+
+    /// Waits (bounded) until nginx has closed `connection` (its debug line says so).
+    #[track_caller]
+    pub fn wait_closed(&self, connection: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !logs::connection_lines(&self.error_log(), connection)
+            .iter()
+            .any(|l| l.starts_with("close http connection"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "connection {connection} was not closed after 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `nginx -s quit` (SIGQUIT to the master): workers finish what they serve, then exit.

@@ -1,15 +1,18 @@
 //! TLS client connections with the knobs the tests turn: protocol version, cipher, receive
-//! buffer size, ALPN, session resumption and TLS 1.3 early data.
+//! buffer size, ALPN, session resumption and TLS 1.3 early data; and the faults a client can
+//! commit on the wire: an alert, a torn or forged record, a reset.
 
 use crate::config::expect_kernel;
 use foreign_types::ForeignTypeRef;
 use openssl::ssl::{
-    Ssl, SslContext, SslMethod, SslSession, SslSessionCacheMode, SslStream, SslVerifyMode,
-    SslVersion,
+    Ssl, SslContext, SslMethod, SslOptions, SslSession, SslSessionCacheMode, SslStream,
+    SslVerifyMode, SslVersion,
 };
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use std::ffi::c_int;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +53,9 @@ pub struct ClientOpts {
     pub h2: bool,
     /// Timeout of every connect, read and write: nothing waits forever.
     pub timeout: Duration,
+    /// Ask OpenSSL for kernel TLS on the client's socket (a kTLS kernel only): what lets the
+    /// client send a record of its choosing, such as an alert, with the session's keys.
+    pub kernel_tls: bool,
 }
 
 impl ClientOpts {
@@ -61,6 +67,7 @@ impl ClientOpts {
             h2: false,
             // Slow reads under UML take longer; a hang is still caught.
             timeout: Duration::from_secs(if expect_kernel() { 120 } else { 30 }),
+            kernel_tls: false,
         }
     }
 
@@ -76,6 +83,11 @@ impl ClientOpts {
 
     pub fn h2(mut self) -> ClientOpts {
         self.h2 = true;
+        self
+    }
+
+    pub fn kernel_tls(mut self) -> ClientOpts {
+        self.kernel_tls = true;
         self
     }
 
@@ -95,6 +107,9 @@ impl ClientOpts {
         }
         if self.h2 {
             b.set_alpn_protos(b"\x02h2").expect("ALPN");
+        }
+        if self.kernel_tls {
+            b.set_options(SslOptions::from_bits_retain(SSL_OP_ENABLE_KTLS));
         }
         // TLS 1.3 tickets arrive after the handshake, during a read; the callback keeps the
         // newest so that a later connection can resume (and send early data).
@@ -121,9 +136,20 @@ impl ClientOpts {
     }
 }
 
+/// openssl/ssl.h's SSL_OP_ENABLE_KTLS and openssl/bio.h's BIO_CTRL_GET_KTLS_SEND, which
+/// openssl-sys does not name.
+const SSL_OP_ENABLE_KTLS: u64 = 1 << 3;
+const BIO_CTRL_GET_KTLS_SEND: c_int = 73;
+/// linux/tls.h: the control message that gives a record sent through kTLS its type.
+const TLS_SET_RECORD_TYPE: c_int = 1;
+/// The TLS record content types a test sends.
+pub const RECORD_ALERT: u8 = 21;
+pub const RECORD_APPLICATION_DATA: u8 = 23;
+
 extern "C" {
     // libssl's, not wrapped by openssl-sys.
     fn SSL_key_update(s: *mut openssl_sys::SSL, updatetype: std::ffi::c_int) -> std::ffi::c_int;
+    fn SSL_set0_wbio(s: *mut openssl_sys::SSL, wbio: *mut openssl_sys::BIO);
 }
 
 /// An established TLS connection.
@@ -137,8 +163,12 @@ impl TlsConn {
     pub fn connect(port: u16, opts: &ClientOpts) -> io::Result<TlsConn> {
         let latest = Arc::new(Mutex::new(None));
         let ssl = Ssl::new(&opts.context(latest.clone())).map_err(io::Error::other)?;
-        let stream = ssl
-            .connect(opts.tcp(port)?)
+        let mut stream = SslStream::new(ssl, opts.tcp(port)?).map_err(io::Error::other)?;
+        if opts.kernel_tls {
+            write_through_socket_bio(&stream)?;
+        }
+        stream
+            .connect()
             .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(TlsConn {
             stream,
@@ -225,5 +255,89 @@ impl TlsConn {
     pub fn send(&mut self, data: &[u8]) -> io::Result<()> {
         self.stream.write_all(data)?;
         self.stream.flush()
+    }
+
+    /// Sends an alert record (`level` 1 warning, 2 fatal; `description` as in RFC 8446 6) with
+    /// the connection's keys, as the next record after what was sent. OpenSSL has no call
+    /// for an arbitrary alert, so the record goes through the kernel: the connection must have
+    /// been made with [`ClientOpts::kernel_tls`] and have got kTLS for sending.
+    pub fn send_alert(&mut self, level: u8, description: u8) -> io::Result<()> {
+        // SAFETY: the stream's live SSL and its BIO; the control only reads its kTLS flag.
+        let kernel_sends = unsafe {
+            let wbio = openssl_sys::SSL_get_wbio(self.stream.ssl().as_ptr());
+            openssl_sys::BIO_ctrl(wbio, BIO_CTRL_GET_KTLS_SEND, 0, std::ptr::null_mut())
+        } == 1;
+        if !kernel_sends {
+            return Err(io::Error::other("the client got no kTLS for sending"));
+        }
+        send_record_through_kernel(self.stream.get_ref(), RECORD_ALERT, &[level, description])
+    }
+
+    /// Writes `bytes` to the TCP connection under TLS, as they are: a record torn or forged.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.get_mut().write_all(bytes)
+    }
+
+    /// Ends the client's sending half with a FIN and nothing else (no close_notify).
+    pub fn fin(&self) -> io::Result<()> {
+        self.stream.get_ref().shutdown(Shutdown::Write)
+    }
+
+    /// Closes the connection with a reset (SO_LINGER 0), whatever is still unsent or unread.
+    pub fn reset(self) -> io::Result<()> {
+        SockRef::from(self.stream.get_ref()).set_linger(Some(Duration::ZERO))
+    }
+}
+
+/// Gives `stream`'s SSL a socket BIO on its own fd for writing. OpenSSL sets kTLS up only on
+/// a socket BIO, and the stream's BIO is the crate's own; reads keep going through that one,
+/// from the same socket.
+fn write_through_socket_bio(stream: &SslStream<TcpStream>) -> io::Result<()> {
+    // SAFETY: the stream's fd outlives the BIO, which does not close it (BIO_NOCLOSE, 0);
+    // SSL_set0_wbio takes the new BIO and drops the SSL's own reference to the old one, which
+    // stays the read BIO.
+    unsafe {
+        let bio = openssl_sys::BIO_new_socket(stream.get_ref().as_raw_fd(), 0);
+        if bio.is_null() {
+            return Err(io::Error::other("BIO_new_socket failed"));
+        }
+        SSL_set0_wbio(stream.ssl().as_ptr(), bio);
+    }
+    Ok(())
+}
+
+/// sendmsg() of one record of `record_type` on a socket with kTLS for sending.
+fn send_record_through_kernel(tcp: &TcpStream, record_type: u8, payload: &[u8]) -> io::Result<()> {
+    // Room for one cmsghdr with a one-byte payload, aligned as the kernel reads it.
+    let mut control = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut _,
+        iov_len: payload.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is arithmetic.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(1) } as usize;
+    // SAFETY: the control buffer is at least CMSG_SPACE(1) bytes, so the first header and its
+    // data byte lie inside it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_TLS;
+        (*cmsg).cmsg_type = TLS_SET_RECORD_TYPE;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(1) as usize;
+        *libc::CMSG_DATA(cmsg) = record_type;
+    }
+    // SAFETY: msg describes live buffers; the fd is the stream's open socket.
+    let sent = unsafe { libc::sendmsg(tcp.as_raw_fd(), &msg, 0) };
+    match sent {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        n if n as usize == payload.len() => Ok(()),
+        n => Err(io::Error::other(format!(
+            "sendmsg: {n} of {} bytes",
+            payload.len()
+        ))),
     }
 }

@@ -13,7 +13,6 @@ use nginx_ktls_tests::logs::{connection_lines, AccessEntry, Ktls};
 use nginx_ktls_tests::nginx::{Nginx, Setup};
 use nginx_ktls_tests::tls::{TlsConn, TlsVersion};
 use std::io::{self, Read};
-use std::time::{Duration, Instant};
 
 const PAGE: &[u8] = b"a small page\n";
 
@@ -24,21 +23,6 @@ fn close_after_server(mut conn: TlsConn) -> io::Result<Vec<u8>> {
     conn.stream.read_to_end(&mut got)?;
     conn.stream.shutdown().map_err(io::Error::other)?;
     Ok(got)
-}
-
-/// Waits (bounded) until nginx has closed `connection`.
-fn wait_closed(srv: &Nginx, connection: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !connection_lines(&srv.error_log(), connection)
-        .iter()
-        .any(|l| l.starts_with("close http connection"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "connection {connection} was not closed after 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The error log lines of `connection` above `info`.
@@ -65,7 +49,7 @@ fn lines_above_info(srv: &Nginx, connection: u64) -> Vec<String> {
 /// proves nothing.
 #[track_caller]
 fn assert_clean_close(srv: &Nginx, case: Case, entry: &AccessEntry, expected: &[(&str, &str)]) {
-    wait_closed(srv, entry.connection);
+    srv.wait_closed(entry.connection);
     let mut above = lines_above_info(srv, entry.connection);
     above.retain(|l| {
         !expected
