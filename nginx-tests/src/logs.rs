@@ -116,6 +116,16 @@ pub fn connection_lines(error_log: &str, connection: u64) -> Vec<String> {
         .collect()
 }
 
+/// The level of an error-log line (`DATE TIME [level] PID#TID: ...`) when it is `info` or
+/// above; `None` for debug lines and anything else.
+pub fn level_at_info_or_above(line: &str) -> Option<&'static str> {
+    let (_, rest) = line.split_once(" [")?;
+    let (level, _) = rest.split_once("] ")?;
+    ["emerg", "alert", "crit", "error", "warn", "notice", "info"]
+        .into_iter()
+        .find(|&l| l == level)
+}
+
 /// The debug line the module logs once when it takes over a connection's send chain.
 pub const TAKEOVER: &str = "ktls: send chain taken over";
 

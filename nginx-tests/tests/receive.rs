@@ -9,7 +9,7 @@ use nginx_ktls_tests::cases::{each_known_nginx_bug, recv_eio_after_shutdown, Cas
 use nginx_ktls_tests::config::{expect_kernel, module_loaded, skipped};
 use nginx_ktls_tests::h2::H2;
 use nginx_ktls_tests::kernel;
-use nginx_ktls_tests::logs::{connection_lines, AccessEntry, Ktls};
+use nginx_ktls_tests::logs::{connection_lines, level_at_info_or_above, AccessEntry, Ktls};
 use nginx_ktls_tests::nginx::{Nginx, Setup};
 use nginx_ktls_tests::tls::{TlsConn, TlsVersion};
 use std::io::{self, Read};
@@ -31,11 +31,7 @@ fn lines_above_info(srv: &Nginx, connection: u64) -> Vec<String> {
     srv.error_log()
         .lines()
         .filter(|l| l.contains(&tag))
-        .filter(|l| {
-            ["emerg", "alert", "crit", "error", "warn", "notice"]
-                .iter()
-                .any(|lvl| l.contains(&format!(" [{lvl}] ")))
-        })
+        .filter(|l| level_at_info_or_above(l).is_some_and(|level| level != "info"))
         .map(str::to_string)
         .collect()
 }

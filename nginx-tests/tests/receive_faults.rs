@@ -10,7 +10,7 @@ use nginx_ktls_tests::body::pseudo_random;
 use nginx_ktls_tests::config::{expect_kernel, module_loaded, skipped};
 use nginx_ktls_tests::h1::H1;
 use nginx_ktls_tests::h2::H2;
-use nginx_ktls_tests::logs::Ktls;
+use nginx_ktls_tests::logs::{level_at_info_or_above, Ktls};
 use nginx_ktls_tests::nginx::{Nginx, Setup};
 use nginx_ktls_tests::tls::{ClientOpts, TlsConn, TlsVersion, RECORD_APPLICATION_DATA};
 use std::io::Read;
@@ -74,6 +74,13 @@ fn record_header(length: u16) -> Vec<u8> {
     h
 }
 
+/// The first 10 bytes of a 100-byte record.
+fn torn_record() -> Vec<u8> {
+    let mut torn = record_header(100);
+    torn.extend_from_slice(&[0; 10]);
+    torn
+}
+
 /// Connects, brings the connection to `phase` and returns it with the URI of its request.
 fn open(
     srv: &Nginx,
@@ -135,15 +142,11 @@ fn commit(mut conn: TlsConn, fault: Fault) {
         }
         Fault::FatalAlert => conn.send_alert(2, 80).expect("internal_error"),
         Fault::TornRecordThenFin => {
-            let mut torn = record_header(100);
-            torn.extend_from_slice(&[0; 10]);
-            conn.send_raw(&torn).expect("a torn record");
+            conn.send_raw(&torn_record()).expect("a torn record");
             conn.fin().expect("FIN");
         }
         Fault::TornRecordThenReset => {
-            let mut torn = record_header(100);
-            torn.extend_from_slice(&[0; 10]);
-            conn.send_raw(&torn).expect("a torn record");
+            conn.send_raw(&torn_record()).expect("a torn record");
             return conn.reset().expect("reset");
         }
         Fault::ForgedRecord => {
@@ -174,10 +177,8 @@ fn lines_at_info_and_above(srv: &Nginx, connection: u64) -> Vec<String> {
     srv.error_log()
         .lines()
         .filter_map(|l| {
-            let (head, message) = l.split_once(&tag)?;
-            let level = ["emerg", "alert", "crit", "error", "warn", "notice", "info"]
-                .into_iter()
-                .find(|lvl| head.contains(&format!(" [{lvl}] ")))?;
+            let level = level_at_info_or_above(l)?;
+            let (_, message) = l.split_once(&tag)?;
             let message = message.split(", client: ").next().unwrap_or(message);
             Some(format!("[{level}] {}", last_openssl_error(message)))
         })
