@@ -83,6 +83,18 @@ function plan() {
   return req;
 }
 
+// Where `got` first differs from `want`, and how many bytes differ from there on: a
+// mismatch says where to look (a record, a frame, a buffer boundary).
+function difference(got, want) {
+  let first = 0;
+  while (first < got.length && first < want.length && got[first] === want[first]) first++;
+  let differing = 0;
+  for (let i = first; i < Math.min(got.length, want.length); i++) {
+    if (got[i] !== want[i]) differing++;
+  }
+  return `first difference at byte ${first}, ${differing} bytes differ`;
+}
+
 // Checks a complete answer against the file.
 function check(req, status, headers, body) {
   const { file } = req;
@@ -94,7 +106,8 @@ function check(req, status, headers, body) {
   }
   if (!req.ranges) {
     if (status !== 200 || !body.equals(file.data)) {
-      fail(`${what}: status ${status}, ${body.length} of ${file.data.length} bytes, not the file`);
+      fail(`${what}: status ${status}, ${body.length} of ${file.data.length} bytes, not the file ` +
+        `(${difference(body, file.data)})`);
     }
     return;
   }
@@ -102,7 +115,8 @@ function check(req, status, headers, body) {
   if (status !== 206) return fail(`${what}: status ${status}`);
   if (req.ranges.length === 1) {
     const [a, b] = req.ranges[0];
-    if (!body.equals(file.data.subarray(a, b + 1))) fail(`${what}: range body differs`);
+    const want = file.data.subarray(a, b + 1);
+    if (!body.equals(want)) fail(`${what}: range body differs (${difference(body, want)})`);
     return;
   }
   const m = /boundary=(\S+)/.exec(headers['content-type'] || '');
