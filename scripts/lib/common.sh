@@ -5,8 +5,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Where the scripts put what they build: the nginx binary and the module.
 KTLS_OUT="$REPO/target/ktls"
 # Debug logging is what operators use to check the send path, so the
-# vendored nginx is always built with it.
-export NGX_CONFIGURE_ARGS="${NGX_CONFIGURE_ARGS:---with-debug}"
+# vendored nginx is always built with it; WebDAV, as in Debian's nginx, gives
+# the upload tests a way to store what nginx received.
+export NGX_CONFIGURE_ARGS="${NGX_CONFIGURE_ARGS:---with-debug --with-http_dav_module}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -37,7 +38,7 @@ ensure_build_deps() {
         openssl ca-certificates python3
 }
 
-# Builds nginx 1.28 (nginx-src crate, --with-debug) and the module against
+# Builds nginx 1.28 (nginx-src crate, NGX_CONFIGURE_ARGS) and the module against
 # it, once; copies both to target/ktls/.
 build_vendored() {
     ensure_build_deps
