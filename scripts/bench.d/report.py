@@ -22,13 +22,23 @@ import statistics
 import sys
 
 SETUP_ORDER = ["nginx-ktls", "module-ktls", "module-ktls-preadv", "module-ktls-sf0",
-               "userspace", "host-nginx", "host-module"]
+               "module-ktls-rx-on", "module-ktls-rx-off", "module-ktls-rx-nopad", "userspace",
+               "host-nginx", "host-module"]
 # Each setup is compared with nginx's own send path in the same kernel.
 BASELINE = {"module-ktls": "nginx-ktls", "module-ktls-preadv": "nginx-ktls",
-            "module-ktls-sf0": "nginx-ktls", "userspace": "nginx-ktls",
+            "module-ktls-sf0": "nginx-ktls", "module-ktls-rx-on": "nginx-ktls",
+            "module-ktls-rx-off": "nginx-ktls", "module-ktls-rx-nopad": "nginx-ktls",
+            "userspace": "nginx-ktls",
             "host-module": "host-nginx"}
 WORKLOAD_ORDER = ["h1-4k", "h1-64k", "h1-1m", "h1-64m", "h2-1m-s1", "h2-1m-s8",
-                  "h2-64m-s1", "h2-64m-s8", "h1-ssi", "h1-ranges"]
+                  "h2-64m-s1", "h2-64m-s8", "h1-ssi", "h1-ranges", "up-h1-1m", "up-h2-1m",
+                  "up-h1-100m", "up-h2-100m"]
+# Uploads: receiving in the kernel against receiving in userspace, the same
+# module sending with kTLS in both; and userspace TLS both ways.
+UPLOAD_SETUPS = ["module-ktls-rx-on", "module-ktls-rx-nopad", "module-ktls-rx-off", "userspace",
+                 "nginx-ktls"]
+UPLOAD_BASELINE = "module-ktls-rx-off"
+MIB = 1 << 20
 FILE_SIZES = {"64m": 64 << 20}
 # (key, column title, unit, higher is better)
 METRICS = [
@@ -311,6 +321,8 @@ def markdown(results):
         lines.append(f"- {workload}, {title}: {setup} {cell(mine)} against "
                      f"{BASELINE[setup]} {cell(theirs)} (x{ratio:.2f}; {verdict})")
 
+    lines += uploads_markdown(results)
+
     lines += [
         "",
         "## System calls per response, by call (counting pass, mean)",
@@ -380,6 +392,44 @@ def markdown(results):
     else:
         lines.append("- nginx error logs: nothing above warn")
     return "\n".join(lines) + "\n"
+
+
+def uploads_markdown(results):
+    """Receiving: worker CPU per GB and system calls per MiB of the upload workloads."""
+    uploads = [w for w in WORKLOAD_ORDER if w.startswith("up-")
+               and any((w, s) in results.samples for s in UPLOAD_SETUPS)]
+    if not uploads:
+        return []
+    lines = [
+        "",
+        "## Uploads: receiving in the kernel (ktls_rx on) against userspace (ktls_rx off)",
+        "",
+        "Per GB and per MiB of request body received and stored (one upload is the unit of "
+        "the tables above). Ratio: mean(setup) / mean(module-ktls-rx-off), below 1 is "
+        "better.",
+        "",
+        "| workload | setup | worker CPU s/GB | ratio | syscalls/MiB | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for workload in uploads:
+        baseline = {metric: results.stats((workload, UPLOAD_BASELINE), metric)
+                    for metric in ("cpu_per_gb", "syscalls")}
+        for setup in UPLOAD_SETUPS:
+            key = (workload, setup)
+            if key not in results.samples:
+                continue
+            mib = results.body_size(results.env_of[setup], setup, workload) / MIB
+            cells = []
+            for metric, scale in (("cpu_per_gb", 1), ("syscalls", 1 / mib)):
+                stats = results.stats(key, metric)
+                theirs = baseline[metric]
+                cells.append("n/a" if not stats else
+                             f"{fmt(stats['mean'] * scale)} [{fmt(stats['min'] * scale)}.."
+                             f"{fmt(stats['max'] * scale)}]")
+                cells.append("n/a" if not stats or not theirs or not theirs["mean"] else
+                             f"{stats['mean'] / theirs['mean']:.2f}")
+            lines.append(f"| {workload} | {setup} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_csv(results, path):
