@@ -18,6 +18,9 @@ pub struct ServerConf {
     /// `ktls_rx on | off | auto;`: where this server's connections decrypt
     /// what they receive ([`KtlsRx`]).
     pub rx: ngx_uint_t,
+    /// `ktls_rx_no_pad on | off;`: whether the kernel is told that TLS 1.3
+    /// clients do not pad their records.
+    pub rx_no_pad: ngx_flag_t,
 }
 
 /// Where a server's kTLS connections decrypt what they receive.
@@ -59,6 +62,15 @@ impl KtlsRx {
     }
 }
 
+impl ServerConf {
+    /// Whether a connection whose kernel decrypts what it receives is to
+    /// tell the kernel that its records are not padded: only TLS 1.3 pads
+    /// inside the encryption, and only where `ktls_rx_no_pad` is on.
+    pub fn expects_no_pad(&self, tls13: bool) -> bool {
+        self.rx_no_pad == 1 && tls13
+    }
+}
+
 /// `NGX_CONF_UNSET` for an `ngx_flag_t`.
 pub const UNSET: ngx_flag_t = -1;
 /// `NGX_CONF_UNSET_UINT`.
@@ -77,6 +89,7 @@ impl Default for ServerConf {
             sendfile_min: UNSET_SIZE,
             splice: UNSET,
             rx: UNSET_UINT,
+            rx_no_pad: UNSET,
         }
     }
 }
@@ -88,6 +101,13 @@ impl Merge for ServerConf {
         }
         if self.splice == UNSET {
             self.splice = if prev.splice == UNSET { 1 } else { prev.splice };
+        }
+        if self.rx_no_pad == UNSET {
+            self.rx_no_pad = if prev.rx_no_pad == UNSET {
+                0
+            } else {
+                prev.rx_no_pad
+            };
         }
         if self.rx == UNSET_UINT {
             self.rx = if prev.rx == UNSET_UINT {
@@ -117,6 +137,7 @@ mod tests {
             sendfile_min: UNSET_SIZE,
             splice: UNSET,
             rx: UNSET_UINT,
+            rx_no_pad: UNSET,
         }
     }
 
@@ -128,6 +149,7 @@ mod tests {
         assert_eq!(c.sendfile_min, DEFAULT_SENDFILE_MIN);
         assert_eq!(c.splice, 1);
         assert_eq!(KtlsRx::from_conf(c.rx), KtlsRx::Auto);
+        assert_eq!(c.rx_no_pad, 0);
     }
 
     #[test]
@@ -138,11 +160,23 @@ mod tests {
             sendfile_min: 0,
             splice: 0,
             rx: KtlsRx::Off as ngx_uint_t,
+            rx_no_pad: 1,
         })
         .unwrap();
         assert_eq!(c.sendfile_min, 0);
         assert_eq!(c.splice, 0);
         assert_eq!(KtlsRx::from_conf(c.rx), KtlsRx::Off);
+        assert_eq!(c.rx_no_pad, 1);
+    }
+
+    #[test]
+    fn no_pad_is_for_tls13_where_asked() {
+        let mut c = conf(1);
+        c.merge(&conf(UNSET)).unwrap();
+        assert!(!c.expects_no_pad(true));
+        c.rx_no_pad = 1;
+        assert!(c.expects_no_pad(true));
+        assert!(!c.expects_no_pad(false));
     }
 
     #[test]

@@ -32,6 +32,8 @@ mod key_update;
 #[cfg(not(test))]
 mod module;
 #[cfg(not(test))]
+mod no_pad;
+#[cfg(not(test))]
 mod pread;
 #[cfg(not(test))]
 mod receive;

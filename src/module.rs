@@ -20,24 +20,21 @@ use openssl_sys as _;
 
 use crate::conf::{KtlsRx, ServerConf};
 use crate::ssl::SSL_OP_ENABLE_KTLS;
-use crate::{kernel, key_update, receive, splice, state, takeover, variables};
+use crate::{kernel, key_update, no_pad, receive, splice, state, takeover, variables};
 
 /// The module's type, for the `ngx` crate's configuration helpers.
 pub struct HttpKtlsModule;
 
 /// `ktls on | off;`, `ktls_sendfile_min_size size;`, `ktls_splice on |
-/// off;` and `ktls_rx on | off | auto;` in http and server;
+/// off;`, `ktls_rx on | off | auto;` and `ktls_rx_no_pad on | off;` in
+/// http and server;
 /// nginx's own parsers give the usual `nginx -t` errors for a bad value or a
 /// wrong context.
-static mut COMMANDS: [ngx_command_t; 5] = [
-    ngx_command_t {
-        name: ngx_string!("ktls"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG) as ngx_uint_t,
-        set: Some(ngx_conf_set_flag_slot),
-        conf: NGX_HTTP_SRV_CONF_OFFSET as ngx_uint_t,
-        offset: core::mem::offset_of!(ServerConf, enable),
-        post: ptr::null_mut(),
-    },
+static mut COMMANDS: [ngx_command_t; 6] = [
+    server_flag(
+        ngx_string!("ktls"),
+        core::mem::offset_of!(ServerConf, enable),
+    ),
     ngx_command_t {
         name: ngx_string!("ktls_sendfile_min_size"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
@@ -46,14 +43,10 @@ static mut COMMANDS: [ngx_command_t; 5] = [
         offset: core::mem::offset_of!(ServerConf, sendfile_min),
         post: ptr::null_mut(),
     },
-    ngx_command_t {
-        name: ngx_string!("ktls_splice"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG) as ngx_uint_t,
-        set: Some(ngx_conf_set_flag_slot),
-        conf: NGX_HTTP_SRV_CONF_OFFSET as ngx_uint_t,
-        offset: core::mem::offset_of!(ServerConf, splice),
-        post: ptr::null_mut(),
-    },
+    server_flag(
+        ngx_string!("ktls_splice"),
+        core::mem::offset_of!(ServerConf, splice),
+    ),
     ngx_command_t {
         name: ngx_string!("ktls_rx"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
@@ -63,8 +56,25 @@ static mut COMMANDS: [ngx_command_t; 5] = [
         // SAFETY: the value table is only read by nginx's configuration parser.
         post: unsafe { ptr::addr_of_mut!(KTLS_RX_VALUES[0]) }.cast(),
     },
+    server_flag(
+        ngx_string!("ktls_rx_no_pad"),
+        core::mem::offset_of!(ServerConf, rx_no_pad),
+    ),
     ngx_command_t::empty(),
 ];
+
+/// A directive `name on | off;` of http and server, stored at `offset` of
+/// [`ServerConf`] by nginx's own flag parser.
+const fn server_flag(name: ngx_str_t, offset: usize) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_CONF_FLAG) as ngx_uint_t,
+        set: Some(ngx_conf_set_flag_slot),
+        conf: NGX_HTTP_SRV_CONF_OFFSET as ngx_uint_t,
+        offset,
+        post: ptr::null_mut(),
+    }
+}
 
 /// The values of `ktls_rx`, for `ngx_conf_set_enum_slot()`.
 static mut KTLS_RX_VALUES: [ngx_conf_enum_t; 4] = [
@@ -185,6 +195,7 @@ unsafe fn watch_ktls_handshakes(cf: *mut ngx_conf_t) -> Result<(), ()> {
     let kernel_rekeys = key_update::kernel_rekeys();
     // Without kTLS in the kernel there is nothing to keep out of it.
     let kernel_tls = kernel::available();
+    let mut no_pad = false;
     // SAFETY: forwarded from the caller.
     unsafe {
         for (ctx, conf) in server_contexts(cf) {
@@ -192,6 +203,7 @@ unsafe fn watch_ktls_handshakes(cf: *mut ngx_conf_t) -> Result<(), ()> {
                 continue;
             }
             let ours = ((*conf).enable == 1).then_some(&*conf);
+            no_pad |= ours.is_some_and(|c| c.rx_no_pad == 1);
             let refuses = kernel_tls
                 && ours.is_some_and(|c| KtlsRx::from_conf(c.rx).may_refuse(kernel_rekeys));
             if receive::watch_handshakes(ctx, ours, refuses).is_err() {
@@ -203,6 +215,7 @@ unsafe fn watch_ktls_handshakes(cf: *mut ngx_conf_t) -> Result<(), ()> {
                 return Err(());
             }
         }
+        no_pad::init((*cf).log, kernel_tls && no_pad);
     }
     Ok(())
 }

@@ -21,13 +21,13 @@ use std::sync::OnceLock;
 use nginx_sys::{
     ngx_connection_error, ngx_connection_t, ngx_cycle, ngx_cycle_t, ngx_io, ngx_recv_pt,
     ngx_ssl_connection_index, u_char, SSL_CTX_get_info_callback, SSL_CTX_set_info_callback,
-    SSL_get_ex_data, NGX_AGAIN, NGX_ERROR, SSL, SSL_CB_HANDSHAKE_DONE, SSL_CB_HANDSHAKE_START,
-    SSL_CTX,
+    SSL_get_ex_data, SSL_version, NGX_AGAIN, NGX_ERROR, SSL, SSL_CB_HANDSHAKE_DONE,
+    SSL_CB_HANDSHAKE_START, SSL_CTX, TLS1_3_VERSION,
 };
 
 use crate::conf::ServerConf;
 use crate::record::{self, Drained, ReadFailure};
-use crate::{kernel, ssl, state, userspace_rx};
+use crate::{kernel, no_pad, ssl, state, userspace_rx};
 
 /// `TLS_GET_RECORD_TYPE` (linux/tls.h): the control message that carries a
 /// received record's content type.
@@ -124,6 +124,10 @@ unsafe extern "C" fn info_callback(ssl: *const SSL, where_: c_int, ret: c_int) {
         );
         if receives {
             remember_reader(c);
+            let tls13 = SSL_version(ssl) == TLS1_3_VERSION as c_int;
+            if state::server_conf(ssl).is_some_and(|conf| conf.expects_no_pad(tls13)) {
+                no_pad::expect_no_pad(c);
+            }
         } else if FILTERING.load(Ordering::Relaxed) && ssl::ktls_send(ssl) {
             userspace_rx::keep_key_updates_in_userspace(c, ssl);
         }

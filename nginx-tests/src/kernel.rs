@@ -7,13 +7,22 @@ use std::fs;
 
 /// Whether the running kernel is `major.minor` or later.
 pub fn at_least(major: u32, minor: u32) -> bool {
+    version() >= (major, minor)
+}
+
+/// Whether the running kernel is of the `major.minor` series (any patch level).
+pub fn series(major: u32, minor: u32) -> bool {
+    version() == (major, minor)
+}
+
+/// The running kernel's (major, minor).
+fn version() -> (u32, u32) {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut parts = release
         .trim()
         .split(['.', '-'])
         .map(|p| p.parse::<u32>().unwrap_or(0));
-    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    version >= (major, minor)
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// Whether this kernel offers the `tls` TCP ULP right now (it lists only loaded ULPs).
@@ -48,6 +57,15 @@ impl TlsStat {
             "KTLS_EXPECT_KERNEL=1 but /proc/net/tls_stat does not exist (tls.ko not loaded?)"
         );
         TlsStat { before }
+    }
+
+    /// How much the counter `name` rose since the snapshot (0 where there is no kTLS).
+    pub fn rise(&self, name: &str) -> u64 {
+        let (Some(before), Some(after)) = (self.before.as_ref(), read_tls_stat()) else {
+            return 0;
+        };
+        let get = |m: &HashMap<String, u64>| m.get(name).copied().unwrap_or(0);
+        get(&after).saturating_sub(get(before))
     }
 
     /// Under `KTLS_EXPECT_KERNEL`: software kTLS TX sockets were opened since the snapshot

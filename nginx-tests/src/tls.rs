@@ -56,6 +56,9 @@ pub struct ClientOpts {
     /// Ask OpenSSL for kernel TLS on the client's socket (a kTLS kernel only): what lets the
     /// client send a record of its choosing, such as an alert, with the session's keys.
     pub kernel_tls: bool,
+    /// TLS 1.3 record padding: every record the client sends is padded to a multiple of
+    /// this many bytes where the record's limit leaves room (OpenSSL's block padding).
+    pub pad_to: Option<usize>,
 }
 
 impl ClientOpts {
@@ -68,6 +71,7 @@ impl ClientOpts {
             // Slow reads under UML take longer; a hang is still caught.
             timeout: Duration::from_secs(if expect_kernel() { 120 } else { 30 }),
             kernel_tls: false,
+            pad_to: None,
         }
     }
 
@@ -91,6 +95,11 @@ impl ClientOpts {
         self
     }
 
+    pub fn pad_to(mut self, block: usize) -> ClientOpts {
+        self.pad_to = Some(block);
+        self
+    }
+
     fn context(&self, latest: Arc<Mutex<Option<SslSession>>>) -> SslContext {
         let mut b = SslContext::builder(SslMethod::tls_client()).expect("SSL_CTX_new");
         b.set_verify(SslVerifyMode::NONE);
@@ -110,6 +119,11 @@ impl ClientOpts {
         }
         if self.kernel_tls {
             b.set_options(SslOptions::from_bits_retain(SSL_OP_ENABLE_KTLS));
+        }
+        if let Some(block) = self.pad_to {
+            // SAFETY: the builder owns a live SSL_CTX.
+            let ok = unsafe { SSL_CTX_set_block_padding(b.as_ptr(), block) };
+            assert_eq!(ok, 1, "SSL_CTX_set_block_padding({block})");
         }
         // TLS 1.3 tickets arrive after the handshake, during a read; the callback keeps the
         // newest so that a later connection can resume (and send early data).
@@ -150,6 +164,7 @@ extern "C" {
     // libssl's, not wrapped by openssl-sys.
     fn SSL_key_update(s: *mut openssl_sys::SSL, updatetype: std::ffi::c_int) -> std::ffi::c_int;
     fn SSL_set0_wbio(s: *mut openssl_sys::SSL, wbio: *mut openssl_sys::BIO);
+    fn SSL_CTX_set_block_padding(ctx: *mut openssl_sys::SSL_CTX, block_size: usize) -> c_int;
 }
 
 /// An established TLS connection.
