@@ -96,34 +96,30 @@ impl Default for ServerConf {
 
 impl Merge for ServerConf {
     fn merge(&mut self, prev: &ServerConf) -> Result<(), MergeConfigError> {
-        if self.enable == UNSET {
-            self.enable = if prev.enable == UNSET { 1 } else { prev.enable };
-        }
-        if self.splice == UNSET {
-            self.splice = if prev.splice == UNSET { 1 } else { prev.splice };
-        }
-        if self.rx_no_pad == UNSET {
-            self.rx_no_pad = if prev.rx_no_pad == UNSET {
-                0
-            } else {
-                prev.rx_no_pad
-            };
-        }
-        if self.rx == UNSET_UINT {
-            self.rx = if prev.rx == UNSET_UINT {
-                KtlsRx::Auto as ngx_uint_t
-            } else {
-                prev.rx
-            };
-        }
-        if self.sendfile_min == UNSET_SIZE {
-            self.sendfile_min = if prev.sendfile_min == UNSET_SIZE {
-                DEFAULT_SENDFILE_MIN
-            } else {
-                prev.sendfile_min
-            };
-        }
+        merge_value(&mut self.enable, prev.enable, UNSET, 1);
+        merge_value(&mut self.splice, prev.splice, UNSET, 1);
+        merge_value(&mut self.rx_no_pad, prev.rx_no_pad, UNSET, 0);
+        merge_value(
+            &mut self.rx,
+            prev.rx,
+            UNSET_UINT,
+            KtlsRx::Auto as ngx_uint_t,
+        );
+        merge_value(
+            &mut self.sendfile_min,
+            prev.sendfile_min,
+            UNSET_SIZE,
+            DEFAULT_SENDFILE_MIN,
+        );
         Ok(())
+    }
+}
+
+/// nginx's `ngx_conf_merge_*_value()`: an unset value takes the enclosing
+/// level's, or `default` where that is unset too.
+fn merge_value<T: PartialEq + Copy>(value: &mut T, prev: T, unset: T, default: T) {
+    if *value == unset {
+        *value = if prev == unset { default } else { prev };
     }
 }
 

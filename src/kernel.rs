@@ -44,22 +44,16 @@ pub fn tls_ulp_missing() -> Option<String> {
     // Setting the ULP on an unconnected socket tells "no such ULP" (ENOENT,
     // after the kernel tried to load the tls module) from "exists, but the
     // socket is not connected" (ENOTCONN), without touching any connection.
-    // SAFETY: a fresh socket, closed below; setsockopt() reads 3 bytes.
+    // SAFETY: a fresh socket, closed below.
     let err = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Some(format!("socket() failed ({})", io::Error::last_os_error()));
         }
-        let rc = libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_ULP,
-            b"tls".as_ptr().cast(),
-            3,
-        );
+        let took = set_option(fd, libc::IPPROTO_TCP, libc::TCP_ULP, b"tls");
         let err = io::Error::last_os_error();
         libc::close(fd);
-        if rc == 0 {
+        if took {
             return None;
         }
         err
@@ -168,18 +162,7 @@ impl KtlsLoopback {
     pub fn set_tx_key(&self) -> bool {
         set_option(self.client, libc::SOL_TLS, libc::TLS_TX, &aes_gcm_128_key())
     }
-}
 
-/// The made-up TLS 1.3 AES-128-GCM key (all zeros) both sides of a probe use.
-fn aes_gcm_128_key() -> libc::tls12_crypto_info_aes_gcm_128 {
-    // SAFETY: a plain C structure, for which zero bytes are a value.
-    let mut key: libc::tls12_crypto_info_aes_gcm_128 = unsafe { core::mem::zeroed() };
-    key.info.version = libc::TLS_1_3_VERSION;
-    key.info.cipher_type = libc::TLS_CIPHER_AES_GCM_128;
-    key
-}
-
-impl KtlsLoopback {
     /// Gives the server the receiving key that matches the client's first
     /// sending key, and tells it that the client does not pad.
     fn set_rx_key_expecting_no_pad(&self) -> bool {
@@ -252,6 +235,15 @@ impl KtlsLoopback {
             usize::try_from(libc::sendmsg(self.client, &msg, 0)) == Ok(bytes.len())
         }
     }
+}
+
+/// The made-up TLS 1.3 AES-128-GCM key (all zeros) both sides of a probe use.
+fn aes_gcm_128_key() -> libc::tls12_crypto_info_aes_gcm_128 {
+    // SAFETY: a plain C structure, for which zero bytes are a value.
+    let mut key: libc::tls12_crypto_info_aes_gcm_128 = unsafe { core::mem::zeroed() };
+    key.info.version = libc::TLS_1_3_VERSION;
+    key.info.cipher_type = libc::TLS_CIPHER_AES_GCM_128;
+    key
 }
 
 impl Drop for KtlsLoopback {
