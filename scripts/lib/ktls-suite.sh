@@ -138,10 +138,24 @@ run_suite_under_ktls() {
             "$log.$name" >>"$log"
         if ((rc != 0)); then
             failed=1
-            tail -n 60 "$log.$name" >>"$log"
+            failure_excerpt "$log.$name" >>"$log"
         fi
     done
     return "$failed"
+}
+
+# Why a binary failed, kept short for CI's view of the lane log: each
+# panic with the lines of its message, the known nginx bugs reported, the
+# non-debug error.log lines the failing test printed, then the last lines.
+failure_excerpt() {
+    local out=$1
+    awk '/KNOWN NGINX BUG/ { print; next }
+        /panicked at/ { n = 8 }
+        /^---- .*non-debug error.log lines/ { m = 31 }
+        n > 0 { print; n--; next }
+        m > 0 { print; m--; next }' "$out" | head -n 120
+    echo "---- last lines of ${out##*/} ----"
+    tail -n 15 "$out"
 }
 
 # One line: lane, binary, verdict, seconds, libtest's counts and the kTLS
