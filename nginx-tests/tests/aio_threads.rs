@@ -688,7 +688,7 @@ fn full_thread_queue_fails_only_those_requests() {
 /// A large HTTP/2 download from an `aio threads` location completes byte-exact, from the slow
 /// disk and then from the page cache: the module's tasks hand the connection back every time
 /// (a download that stalls fails on the client's read timeout). 20 MiB on the host, 8 MiB
-/// under UML, where the cold read alone takes most of a minute: hundreds of tasks either way.
+/// under UML, where system calls are slow: hundreds of tasks either way.
 #[test]
 fn large_download_over_http2_from_threads() {
     let big = pseudo_random(140, size_for_run(20 << 20, 8 << 20));
