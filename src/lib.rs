@@ -4,53 +4,29 @@
 //! On HTTP connections over TLS it replaces nginx's `ngx_ssl_send_chain()`:
 //! file buffers go out with `SSL_sendfile()` when kTLS sends for the
 //! connection and OpenSSL has nothing of its own pending, memory buffers with
-//! `SSL_write()` (`SSL_write_early_data()` in 0-RTT).  The decisions live in
-//! [`plan`], free of FFI; [`ssl`], [`chain`] and [`takeover`] are the thin
-//! layer that talks to nginx and OpenSSL.  Where the kernel also decrypts
-//! what a connection receives, [`receive`] reads it after nginx's TLS
-//! shutdown (lingering close), record by record ([`record`] decides), and
-//! [`userspace_rx`] keeps receiving in userspace where `ktls_rx` says so.
+//! `SSL_write()` (`SSL_write_early_data()` in 0-RTT).  Where the kernel also
+//! decrypts what a connection receives, the module reads it after nginx's
+//! TLS shutdown (lingering close), record by record.
+//!
+//! Three layers, one folder each:
+//! - [`decide`]: what to send next, in what way and how much, and the other
+//!   decisions, free of FFI, driven by unit tests without nginx;
+//! - `nginx`: the module, its directives and variables, and the hooks that
+//!   take a connection over and hand its chain to the decisions;
+//! - `io`: the ways bytes leave and arrive (OpenSSL, direct writes to the
+//!   kTLS socket, splice and its pipes, threads, file reads, key updates,
+//!   receiving) and the start-up probes of the kernel.
 
-mod conf;
-mod error_level;
-mod plan;
-mod record;
-mod rekey;
+mod decide;
 
-// The layer that talks to nginx and OpenSSL.  Unit tests run without nginx,
-// whose symbols it needs, so it is built for the module only.
+// The layers that talk to nginx, OpenSSL and the kernel.  Unit tests run
+// without nginx, whose symbols they need, so they are built for the module
+// only; `nginx` comes first for its log macros.
 #[cfg(not(test))]
 #[macro_use]
-mod log;
+mod nginx;
+#[cfg(not(test))]
+mod io;
 
 #[cfg(not(test))]
-mod chain;
-#[cfg(not(test))]
-mod kernel;
-#[cfg(not(test))]
-mod key_update;
-#[cfg(not(test))]
-mod module;
-#[cfg(not(test))]
-mod no_pad;
-#[cfg(not(test))]
-mod pread;
-#[cfg(not(test))]
-mod receive;
-#[cfg(not(test))]
-mod splice;
-#[cfg(not(test))]
-mod ssl;
-#[cfg(not(test))]
-mod state;
-#[cfg(not(test))]
-mod takeover;
-#[cfg(all(not(test), ngx_feature = "threads"))]
-mod thread;
-#[cfg(not(test))]
-mod userspace_rx;
-#[cfg(not(test))]
-mod variables;
-
-#[cfg(not(test))]
-pub use module::ngx_http_ktls_module;
+pub use nginx::module::ngx_http_ktls_module;

@@ -1,5 +1,5 @@
 //! Receiving in userspace on a connection that sends through the kernel
-//! (`ktls_rx`; the decision is [`crate::conf::KtlsRx`]'s).
+//! (`ktls_rx`; the decision is [`crate::decide::conf::KtlsRx`]'s).
 //!
 //! OpenSSL turns kTLS on for receiving by asking the connection's read BIO
 //! (`BIO_CTRL_SET_KTLS`) and goes on in userspace when the BIO says no.  A
@@ -23,9 +23,9 @@ use nginx_sys::{
     BIO_TYPE_FILTER, SSL, TLS1_3_VERSION,
 };
 
-use crate::conf::KtlsRx;
-use crate::ssl::SSL_OP_ENABLE_KTLS;
-use crate::{key_update, state};
+use crate::decide::conf::KtlsRx;
+use crate::io::ssl::SSL_OP_ENABLE_KTLS;
+use crate::io::{key_update, state};
 
 /// `BIO_CTRL_SET_KTLS` (OpenSSL's internal/bio.h, the same from 3.0 to
 /// 3.6): `num` is 1 for the sending key, 0 for the receiving one.
@@ -139,7 +139,7 @@ unsafe fn userspace_by_conf(ssl: *mut SSL) -> Option<KtlsRx> {
 /// client's KeyUpdate), fall back to their own record layer but lose what
 /// the old one had read past the KeyUpdate.  Without `Options KTLS` they
 /// take their own layer at once; a new sending key could then not reach
-/// the kernel, which [`crate::key_update`] checks before every write.
+/// the kernel, which [`crate::io::key_update`] checks before every write.
 ///
 /// # Safety
 /// `ssl` must be a live OpenSSL connection.

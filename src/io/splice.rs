@@ -7,12 +7,8 @@
 //! `sendfile()` ends a record at every call.  Whether this kernel does so
 //! is probed once at start-up ([`init`]).
 //!
-//! Pipes belong to the worker: at most [`MAX_PIPES`] exist, a connection
-//! holds one only while it has bytes in it (or while its send chain runs),
-//! and gives it back empty.  A connection that ends with bytes in its pipe
-//! closes that pipe.
+//! The pipes are the worker's ([`crate::io::pipe`]).
 
-use core::cell::RefCell;
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -22,66 +18,13 @@ use nginx_sys::{
     NGX_LOG_NOTICE, SSL, SSL_ERROR_SYSCALL,
 };
 
-use crate::plan::{Fatal, Io, Piped};
-use crate::state::{self, ConnState};
-use crate::{kernel, ssl};
-
-/// Pipes one worker may have open.
-pub const MAX_PIPES: usize = 16;
-
-/// The capacity asked for each pipe (the kernel's default `pipe-max-size`):
-/// every memory part and every file page takes a slot of the pipe, so a
-/// small pipe would be drained to the socket every few HTTP/2 frames.
-const PIPE_SIZE: c_int = 1 << 20;
+use crate::decide::plan::{Fatal, Io, Piped};
+use crate::io::pipe::{self, Pipe};
+use crate::io::state::{self, ConnState};
+use crate::io::{kernel, ssl};
 
 /// What the start-up probe found; workers inherit it.
 static KEEPS_RECORDS_OPEN: AtomicBool = AtomicBool::new(false);
-
-/// A pipe and the bytes waiting in it.
-pub struct Pipe {
-    read: c_int,
-    write: c_int,
-    pub pending: usize,
-}
-
-impl Pipe {
-    /// A new non-blocking pipe, as large as the kernel lets it be.
-    fn open() -> Option<Pipe> {
-        let mut fds = [0 as c_int; 2];
-        // SAFETY: pipe2() writes two descriptors into fds.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return None;
-        }
-        // A refusal (the user's pipe pages are used up) leaves the default
-        // size, which still works.
-        // SAFETY: fcntl() on the descriptor just made.
-        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_SIZE) };
-        Some(Pipe {
-            read: fds[0],
-            write: fds[1],
-            pending: 0,
-        })
-    }
-
-    fn close(self) {
-        // SAFETY: the pipe owns its descriptors, and is consumed.
-        unsafe {
-            libc::close(self.read);
-            libc::close(self.write);
-        }
-    }
-}
-
-/// The worker's pipes not held by any connection, and how many exist.
-struct Pool {
-    idle: Vec<Pipe>,
-    open: usize,
-}
-
-thread_local! {
-    // Only the event loop touches pipes: threads of `aio threads` never do.
-    static POOL: RefCell<Pool> = const { RefCell::new(Pool { idle: Vec::new(), open: 0 }) };
-}
 
 /// Probes, once at configuration time after the kernel check, whether a
 /// splice into a kTLS socket keeps the record open with `SPLICE_F_MORE`,
@@ -200,7 +143,7 @@ pub unsafe fn pipe_of(c: *mut ngx_connection_t) -> Option<&'static mut Pipe> {
             if !state.pipe_cleanup && !add_cleanup(c, state) {
                 return None;
             }
-            state.pipe = take();
+            state.pipe = pipe::take();
             if state.pipe.is_some() {
                 debug!((*c).log, "splice: pipe taken");
             }
@@ -240,38 +183,10 @@ pub unsafe fn release_if_empty(c: *mut ngx_connection_t) {
             return;
         };
         if state.pipe.as_ref().is_some_and(|p| p.pending == 0) {
-            give_back(state.pipe.take());
+            pipe::give_back(state.pipe.take());
             debug!((*c).log, "splice: pipe given back");
         }
     }
-}
-
-fn take() -> Option<Pipe> {
-    POOL.with_borrow_mut(|pool| {
-        if let Some(pipe) = pool.idle.pop() {
-            return Some(pipe);
-        }
-        if pool.open == MAX_PIPES {
-            return None;
-        }
-        let pipe = Pipe::open()?;
-        pool.open += 1;
-        Some(pipe)
-    })
-}
-
-/// An empty pipe goes back to the worker; one with bytes in it is closed,
-/// since nothing may read those bytes any more.
-fn give_back(pipe: Option<Pipe>) {
-    let Some(pipe) = pipe else { return };
-    POOL.with_borrow_mut(|pool| {
-        if pipe.pending == 0 {
-            pool.idle.push(pipe);
-        } else {
-            pool.open -= 1;
-            pipe.close();
-        }
-    });
 }
 
 /// Makes the end of the connection give its pipe back.
@@ -296,7 +211,7 @@ unsafe fn add_cleanup(c: *mut ngx_connection_t, state: &mut ConnState) -> bool {
 unsafe extern "C" fn connection_ends(data: *mut c_void) {
     // SAFETY: data is the connection's state, still in its pool.
     let state = unsafe { &mut *data.cast::<ConnState>() };
-    give_back(state.pipe.take());
+    pipe::give_back(state.pipe.take());
 }
 
 /// Writes memory bytes into the pipe.

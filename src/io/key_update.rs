@@ -1,5 +1,5 @@
 //! TLS 1.3 KeyUpdate on kTLS connections: ending the connection before a
-//! record with the old key goes out (the decision is [`crate::rekey`]'s).
+//! record with the old key goes out (the decision is [`crate::decide::rekey`]'s).
 //!
 //! A KeyUpdate the client sends with `update_requested` makes OpenSSL queue
 //! one of its own, which the next `SSL_write()` sends before its data; the
@@ -15,10 +15,10 @@ use nginx_sys::{
     SSL_KEY_UPDATE_NONE,
 };
 
-use crate::plan::Fatal;
-use crate::rekey::{self, Rekey};
-use crate::ssl::SSL_OP_ENABLE_KTLS;
-use crate::{kernel, ssl, state};
+use crate::decide::plan::Fatal;
+use crate::decide::rekey::{self, Rekey};
+use crate::io::ssl::SSL_OP_ENABLE_KTLS;
+use crate::io::{kernel, ssl, state};
 
 /// The first OpenSSL release whose record layer gives kTLS the new key.
 const OPENSSL_REKEYS_KTLS: c_ulong = 0x3020_0000;

@@ -15,7 +15,7 @@ use std::io;
 
 use nginx_sys::{ngx_connection_t, ngx_cycle, ngx_log_t, NGX_LOG_WARN};
 
-use crate::kernel::{self, TLS_RX_EXPECT_NO_PAD};
+use crate::io::kernel::{self, TLS_RX_EXPECT_NO_PAD};
 
 /// Whether connections of servers with `ktls_rx_no_pad on` get the option:
 /// decided at configuration, inherited by the workers.

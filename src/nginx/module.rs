@@ -6,10 +6,11 @@ use core::ptr;
 use nginx_sys::{
     ngx_command_t, ngx_conf_enum_t, ngx_conf_set_enum_slot, ngx_conf_set_flag_slot,
     ngx_conf_set_size_slot, ngx_conf_t, ngx_cycle_t, ngx_http_core_main_conf_t,
-    ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_http_ssl_module, ngx_http_ssl_srv_conf_t,
-    ngx_http_top_header_filter, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
-    SSL_CTX_get_options, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE,
-    NGX_HTTP_SRV_CONF, NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_WARN, NGX_OK, SSL_CTX,
+    ngx_http_core_srv_conf_t, ngx_http_module_t, ngx_http_output_header_filter_pt,
+    ngx_http_request_t, ngx_http_ssl_module, ngx_http_ssl_srv_conf_t, ngx_http_top_header_filter,
+    ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t, SSL_CTX_get_options, NGX_CONF_FLAG,
+    NGX_CONF_TAKE1, NGX_ERROR, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    NGX_HTTP_SRV_CONF_OFFSET, NGX_LOG_EMERG, NGX_LOG_WARN, NGX_OK, SSL_CTX,
 };
 use ngx::core::Status;
 use ngx::http::{HttpModule, HttpModuleMainConf, HttpModuleServerConf, NgxHttpCoreModule};
@@ -18,9 +19,12 @@ use ngx::ngx_string;
 // Linked for its libssl: the module calls the same shared OpenSSL as nginx.
 use openssl_sys as _;
 
-use crate::conf::{KtlsRx, ServerConf};
-use crate::ssl::SSL_OP_ENABLE_KTLS;
-use crate::{kernel, key_update, no_pad, receive, splice, state, takeover, variables};
+use crate::decide::conf::{KtlsRx, ServerConf};
+use crate::io::ssl::SSL_OP_ENABLE_KTLS;
+use crate::{
+    io::{kernel, key_update, no_pad, receive, splice, state},
+    nginx::{takeover, variables},
+};
 
 /// The module's type, for the `ngx` crate's configuration helpers.
 pub struct HttpKtlsModule;
@@ -160,8 +164,8 @@ impl HttpModule for HttpKtlsModule {
 
         // SAFETY: filters are chained at configuration time, single-threaded.
         unsafe {
-            takeover::NEXT_HEADER_FILTER = ngx_http_top_header_filter;
-            ngx_http_top_header_filter = Some(takeover::header_filter);
+            NEXT_HEADER_FILTER = ngx_http_top_header_filter;
+            ngx_http_top_header_filter = Some(header_filter);
         }
 
         // SAFETY: cf is the configuration being parsed.
@@ -174,6 +178,25 @@ impl HttpModule for HttpKtlsModule {
             return Status::NGX_ERROR.into();
         }
         Status::NGX_OK.into()
+    }
+}
+
+/// The header filter after ours.
+static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
+
+/// Runs before the first byte of every response: the first response on a
+/// TLS connection of a server with `ktls on` takes the connection over.
+unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls header filters with a live request; the next
+    // filter was set in postconfiguration.
+    unsafe {
+        if let Some(conf) = HttpKtlsModule::server_conf(&*r).filter(|conf| conf.enable == 1) {
+            takeover::take_over(r, conf);
+        }
+        match NEXT_HEADER_FILTER {
+            Some(next) => next(r),
+            None => NGX_ERROR as ngx_int_t,
+        }
     }
 }
 

@@ -5,11 +5,11 @@ use nginx_sys::{
     ngx_file_t,
 };
 
-use crate::plan::{Chain, Collected, Fatal, Head, Io, Kind, Piped, Read, Transport};
-use crate::pread::{self, Part, MAX_PARTS};
+use crate::decide::plan::{Chain, Collected, Fatal, Head, Io, Kind, Piped, Read, Transport};
+use crate::io::pread::{self, Part, MAX_PARTS};
 #[cfg(ngx_feature = "threads")]
-use crate::thread;
-use crate::{splice, ssl};
+use crate::io::thread;
+use crate::io::{splice, ssl};
 
 /// An `ngx_chain_t` being sent on connection `c`.
 pub struct NgxChain {

@@ -41,9 +41,9 @@ use nginx_sys::{
     SSL_ERROR_SYSCALL,
 };
 
-use crate::plan::{Collected, Fatal, Io, Read};
-use crate::pread::{self, Outcome, Part, MAX_PARTS};
-use crate::ssl;
+use crate::decide::plan::{Collected, Fatal, Io, Read};
+use crate::io::pread::{self, Outcome, Part, MAX_PARTS};
+use crate::io::ssl;
 
 /// What the thread does, on descriptors of its own that it closes when
 /// done.

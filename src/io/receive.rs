@@ -1,5 +1,5 @@
 //! Reading a connection that kernel TLS decrypts, after nginx's TLS
-//! shutdown (the decisions are [`crate::record`]'s).
+//! shutdown (the decisions are [`crate::decide::record`]'s).
 //!
 //! `ngx_ssl_shutdown()` leaves the connection with `c->recv = ngx_recv`,
 //! and HTTP/1 and HTTP/2 lingering close drain it through that: a plain
@@ -25,9 +25,9 @@ use nginx_sys::{
     SSL_CB_HANDSHAKE_START, SSL_CTX, TLS1_3_VERSION,
 };
 
-use crate::conf::ServerConf;
-use crate::record::{self, Drained, ReadFailure};
-use crate::{kernel, no_pad, ssl, state, userspace_rx};
+use crate::decide::conf::ServerConf;
+use crate::decide::record::{self, Drained, ReadFailure};
+use crate::io::{kernel, no_pad, ssl, state, userspace_rx};
 
 /// `TLS_GET_RECORD_TYPE` (linux/tls.h): the control message that carries a
 /// received record's content type.

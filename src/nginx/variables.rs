@@ -9,7 +9,7 @@ use nginx_sys::{
 use ngx::core::Status;
 use ngx::ngx_string;
 
-use crate::{ssl, state};
+use crate::io::{ssl, state};
 
 type Getter = unsafe extern "C" fn(
     *mut ngx_http_request_t,

@@ -5,36 +5,18 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use nginx_sys::{
-    ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_http_output_header_filter_pt, ngx_http_request_t,
-    ngx_int_t, ngx_pagesize, ngx_pcalloc, ngx_ssl_send_chain, ngx_ssl_write, off_t, u_char,
-    NGX_AGAIN, NGX_ERROR, NGX_LOG_NOTICE, NGX_SSL_BUFFERED,
+    ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_http_request_t, ngx_pagesize, ngx_pcalloc,
+    ngx_ssl_send_chain, ngx_ssl_write, off_t, u_char, NGX_AGAIN, NGX_ERROR, NGX_LOG_NOTICE,
+    NGX_SSL_BUFFERED,
 };
-use ngx::http::HttpModuleServerConf;
 
-use crate::chain::{NgxChain, Tls};
-use crate::module::HttpKtlsModule;
-use crate::plan::{self, Fatal, Io, SendBuf};
-use crate::{kernel, key_update, splice, ssl, state};
-
-/// The header filter after ours.
-pub static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
+use crate::decide::conf::ServerConf;
+use crate::decide::plan::{self, Fatal, Io, SendBuf};
+use crate::io::{kernel, key_update, splice, ssl, state};
+use crate::nginx::chain::{NgxChain, Tls};
 
 /// `NGX_CHAIN_ERROR`.
 const CHAIN_ERROR: *mut ngx_chain_t = NGX_ERROR as isize as *mut ngx_chain_t;
-
-/// Runs before the first byte of every response: the first response on a
-/// TLS connection of a server with `ktls on` takes the connection over.
-pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: nginx calls header filters with a live request; the next
-    // filter was set in postconfiguration.
-    unsafe {
-        take_over(r);
-        match NEXT_HEADER_FILTER {
-            Some(next) => next(r),
-            None => NGX_ERROR as ngx_int_t,
-        }
-    }
-}
 
 /// The connection that carries `r`'s bytes: the request's own, or for
 /// HTTP/2 the TLS connection under the stream.
@@ -53,17 +35,14 @@ unsafe fn transport_connection(r: *mut ngx_http_request_t) -> *mut ngx_connectio
 }
 
 /// Replaces nginx's TLS send functions on `r`'s connection with ours, if
-/// the server has `ktls on` and the connection still uses nginx's own.
+/// the connection still uses nginx's own; `conf` is the configuration of
+/// the request's server, which has `ktls on`.
 ///
 /// # Safety
 /// `r` must be a live request.
-unsafe fn take_over(r: *mut ngx_http_request_t) {
+pub unsafe fn take_over(r: *mut ngx_http_request_t, conf: &ServerConf) {
     // SAFETY: the request, its connection and c->ssl are live.
     unsafe {
-        let Some(conf) = HttpKtlsModule::server_conf(&*r).filter(|conf| conf.enable == 1) else {
-            return;
-        };
-
         let c = transport_connection(r);
         let ssl = (*c).ssl;
         // Only nginx's own buffered TLS send path is replaced: not QUIC,
@@ -147,7 +126,7 @@ unsafe fn report_ktls_refused(c: *mut ngx_connection_t) {
 unsafe fn task_working(c: *mut ngx_connection_t) -> bool {
     #[cfg(ngx_feature = "threads")]
     // SAFETY: forwarded from the caller.
-    return unsafe { crate::thread::working(c) };
+    return unsafe { crate::io::thread::working(c) };
     #[cfg(not(ngx_feature = "threads"))]
     false
 }
@@ -159,7 +138,7 @@ unsafe extern "C" fn send(c: *mut ngx_connection_t, buf: *mut u_char, size: usiz
     }
     #[cfg(ngx_feature = "threads")]
     // SAFETY: nginx passes a live TLS connection.
-    match unsafe { crate::thread::busy(c) } {
+    match unsafe { crate::io::thread::busy(c) } {
         Ok(false) => {}
         Ok(true) => return NGX_AGAIN as isize,
         Err(Fatal) => return NGX_ERROR as isize,
@@ -240,7 +219,7 @@ unsafe extern "C" fn send_chain(
 
         let start = (*b).start;
         #[cfg(ngx_feature = "threads")]
-        crate::thread::land(c, start);
+        crate::io::thread::land(c, start);
         let mut buf = SendBuf {
             mem: core::slice::from_raw_parts_mut(start, (*b).end.offset_from(start) as usize),
             pos: (*b).pos.offset_from(start) as usize,

@@ -10,7 +10,7 @@ use core::ffi::{c_char, c_int, CStr};
 
 use nginx_sys::{ngx_connection_t, ngx_file_t, NGX_LOG_ALERT, NGX_LOG_CRIT};
 
-use crate::plan::Fatal;
+use crate::decide::plan::Fatal;
 
 /// How many file parts may wait to be read; 16k of buffer holds at most a
 /// few HTTP/2 frames, so more than this is a chain of tiny file buffers.

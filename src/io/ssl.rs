@@ -24,9 +24,9 @@ use nginx_sys::{
     SSL_ERROR_WANT_WRITE, SSL_ERROR_ZERO_RETURN, SSL_KEY_UPDATE_NONE, SSL_R_UNINITIALIZED,
 };
 
-use crate::error_level::error_level;
-use crate::plan::{Fatal, Io};
-use crate::state;
+use crate::decide::error_level::error_level;
+use crate::decide::plan::{Fatal, Io};
+use crate::io::state;
 
 /// `SSL_OP_ENABLE_KTLS` (`SSL_OP_BIT(3)`), a macro bindgen cannot translate.
 pub const SSL_OP_ENABLE_KTLS: u64 = 1 << 3;

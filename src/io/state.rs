@@ -10,8 +10,8 @@ use core::ffi::c_int;
 use core::ptr;
 use core::sync::atomic::{AtomicI32, Ordering};
 
-use crate::conf::ServerConf;
-use crate::splice::Pipe;
+use crate::decide::conf::ServerConf;
+use crate::io::pipe::Pipe;
 use nginx_sys::{
     ngx_palloc, ngx_pool_t, CRYPTO_get_ex_new_index, SSL_CTX_get_ex_data, SSL_CTX_set_ex_data,
     SSL_get_SSL_CTX, SSL_get_ex_data, SSL_set_ex_data, CRYPTO_EX_INDEX_SSL,

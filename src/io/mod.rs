@@ -1,0 +1,19 @@
+//! The ways bytes leave and arrive: through OpenSSL and straight to the
+//! kTLS socket ([`ssl`]), through a pipe ([`splice`]), in threads of
+//! nginx's pool ([`thread`]), file reads ([`pread`]), key updates
+//! ([`key_update`]), receiving ([`receive`], [`userspace_rx`],
+//! [`no_pad`]), the kernel's start-up probe ([`kernel`]), and what the module keeps per
+//! connection ([`state`]).
+
+pub mod kernel;
+pub mod key_update;
+pub mod no_pad;
+pub mod pipe;
+pub mod pread;
+pub mod receive;
+pub mod splice;
+pub mod ssl;
+pub mod state;
+#[cfg(ngx_feature = "threads")]
+pub mod thread;
+pub mod userspace_rx;
