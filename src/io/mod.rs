@@ -14,6 +14,7 @@ pub mod receive;
 pub mod splice;
 pub mod ssl;
 pub mod state;
+pub mod sys;
 #[cfg(ngx_feature = "threads")]
 pub mod thread;
 pub mod userspace_rx;

@@ -6,11 +6,12 @@
 //! thread of nginx's pool, so it touches nothing but the file and the
 //! buffer's memory, and logs nothing: [`report`] logs on the event loop.
 
-use core::ffi::{c_char, c_int, CStr};
+use core::ffi::c_int;
 
 use nginx_sys::{ngx_connection_t, ngx_file_t, NGX_LOG_ALERT, NGX_LOG_CRIT};
 
 use crate::decide::plan::Fatal;
+use crate::io::sys;
 
 /// How many file parts may wait to be read; 16k of buffer holds at most a
 /// few HTTP/2 frames, so more than this is a chain of tiny file buffers.
@@ -63,16 +64,13 @@ pub unsafe fn read_parts(fd: c_int, base: *mut u8, parts: &[Part], flags: c_int)
         }
         let want = total(run);
         let offset = run[0].offset;
-        let n = loop {
-            // SAFETY: the iovecs point into the buffer; fd is open.
-            let n = unsafe { libc::preadv2(fd, iov.as_ptr(), run.len() as c_int, offset, flags) };
-            if n >= 0 {
-                break n as usize;
-            }
-            let err = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            if err != libc::EINTR {
-                return Outcome::Failed { offset, err };
-            }
+        // SAFETY: the iovecs point into the buffer; fd is open.
+        let read = sys::restart_on_eintr(|| unsafe {
+            libc::preadv2(fd, iov.as_ptr(), run.len() as c_int, offset, flags)
+        });
+        let n = match read {
+            Ok(n) => n,
+            Err(err) => return Outcome::Failed { offset, err },
         };
         if n != want {
             return Outcome::Short { offset, n, want };
@@ -99,9 +97,9 @@ pub unsafe fn report(
     parts: &[Part],
     outcome: Outcome,
 ) -> Result<(), Fatal> {
-    // SAFETY: the caller guarantees both; nginx's file names end in NUL.
+    // SAFETY: the caller guarantees both.
     unsafe {
-        let name = || CStr::from_ptr((*file).name.data as *const c_char).to_string_lossy();
+        let name = || sys::file_name(file);
         debug!(
             (*c).log,
             "preadv: {:?}, @{} {} in {} parts",

@@ -9,19 +9,19 @@
 //!
 //! The pipes are the worker's ([`crate::io::pipe`]).
 
-use core::ffi::{c_char, c_int, c_void, CStr};
+use core::ffi::{c_int, c_void};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use nginx_sys::{
-    ngx_buf_t, ngx_connection_t, ngx_errno, ngx_log_t, ngx_pool_cleanup_add, NGX_LOG_CRIT,
-    NGX_LOG_NOTICE, SSL, SSL_ERROR_SYSCALL,
+    ngx_buf_t, ngx_connection_t, ngx_log_t, ngx_pool_cleanup_add, NGX_LOG_CRIT, NGX_LOG_NOTICE,
+    SSL, SSL_ERROR_SYSCALL,
 };
 
 use crate::decide::plan::{Fatal, Io, Piped};
 use crate::io::pipe::{self, Pipe};
 use crate::io::state::{self, ConnState};
-use crate::io::{kernel, ssl};
+use crate::io::{kernel, ssl, sys};
 
 /// What the start-up probe found; workers inherit it.
 static KEEPS_RECORDS_OPEN: AtomicBool = AtomicBool::new(false);
@@ -224,25 +224,23 @@ pub unsafe fn fill_memory(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, F
         let Some(pipe) = held((*(*c).ssl).connection) else {
             return Ok(Io::Again);
         };
-        loop {
+        let written = sys::restart_on_eintr(|| {
             let n = libc::write(pipe.write, data.as_ptr().cast(), data.len());
             debug!((*c).log, "splice: pipe write {}: {}", data.len(), n);
-            if n > 0 {
-                pipe.pending += n as usize;
-                return Ok(Io::Sent(n as usize));
+            n
+        });
+        match written {
+            Ok(n) if n > 0 => {
+                pipe.pending += n;
+                Ok(Io::Sent(n))
             }
-            match ngx_errno() {
-                libc::EINTR => continue,
-                libc::EAGAIN => return Ok(Io::Again),
-                err => {
-                    return Err(ssl::fail(
-                        c,
-                        SSL_ERROR_SYSCALL,
-                        err,
-                        c"write() to pipe failed",
-                    ))
-                }
-            }
+            Ok(_) | Err(libc::EAGAIN) => Ok(Io::Again),
+            Err(err) => Err(ssl::fail(
+                c,
+                SSL_ERROR_SYSCALL,
+                err,
+                c"write() to pipe failed",
+            )),
         }
     }
 }
@@ -265,7 +263,7 @@ pub unsafe fn fill_file(
         };
         let mut off = (*file).file_pos;
         debug!((*c).log, "splice to pipe: @{} {}", off, len);
-        loop {
+        let spliced = sys::restart_on_eintr(|| {
             let n = libc::splice(
                 (*(*file).file).fd,
                 &mut off,
@@ -275,41 +273,38 @@ pub unsafe fn fill_file(
                 libc::SPLICE_F_NONBLOCK,
             );
             debug!((*c).log, "splice: {}", n);
-            if n > 0 {
-                pipe.pending += n as usize;
+            n
+        });
+        match spliced {
+            Ok(0) => Err(ssl::sendfile_truncated(c, file, "splice")),
+            Ok(n) => {
+                pipe.pending += n;
                 add_splice_bytes(c, n as u64);
-                return Ok(Piped::Moved(n as usize));
+                Ok(Piped::Moved(n))
             }
-            if n == 0 {
-                return Err(ssl::sendfile_truncated(c, file, "splice"));
+            // Only a full pipe says "again"; an empty one that did would
+            // never be drained, so the part is read instead.
+            Err(libc::EAGAIN) if pipe.pending > 0 => Ok(Piped::Full),
+            Err(libc::EAGAIN) => Ok(Piped::Refused),
+            Err(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                // The file system cannot splice: this connection reads
+                // into the buffer from now on.
+                debug!((*c).log, "splice: refused, reading instead");
+                if let Some(state) = state::get((*(*c).ssl).connection) {
+                    state.splice = false;
+                }
+                Ok(Piped::Refused)
             }
-            match ngx_errno() {
-                libc::EINTR => continue,
-                // Only a full pipe says "again"; an empty one that did
-                // would never be drained, so the part is read instead.
-                libc::EAGAIN if pipe.pending > 0 => return Ok(Piped::Full),
-                libc::EAGAIN => return Ok(Piped::Refused),
-                libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP => {
-                    // The file system cannot splice: this connection reads
-                    // into the buffer from now on.
-                    debug!((*c).log, "splice: refused, reading instead");
-                    if let Some(state) = state::get((*(*c).ssl).connection) {
-                        state.splice = false;
-                    }
-                    return Ok(Piped::Refused);
-                }
-                err => {
-                    let name = CStr::from_ptr((*(*file).file).name.data as *const c_char);
-                    log_error!(
-                        NGX_LOG_CRIT,
-                        (*c).log,
-                        "splice() \"{}\" failed ({}: {})",
-                        name.to_string_lossy(),
-                        err,
-                        std::io::Error::from_raw_os_error(err)
-                    );
-                    return Err(ssl::abandon(c));
-                }
+            Err(err) => {
+                log_error!(
+                    NGX_LOG_CRIT,
+                    (*c).log,
+                    "splice() \"{}\" failed ({}: {})",
+                    sys::file_name((*file).file),
+                    err,
+                    std::io::Error::from_raw_os_error(err)
+                );
+                Err(ssl::abandon(c))
             }
         }
     }
@@ -327,7 +322,7 @@ pub unsafe fn drain(c: *mut ngx_connection_t, more: bool) -> Result<Io, Fatal> {
             return Ok(Io::Again);
         };
         let flags = libc::SPLICE_F_NONBLOCK | if more { libc::SPLICE_F_MORE } else { 0 };
-        loop {
+        let spliced = sys::restart_on_eintr(|| {
             let n = libc::splice(
                 pipe.read,
                 ptr::null_mut(),
@@ -344,24 +339,29 @@ pub unsafe fn drain(c: *mut ngx_connection_t, more: bool) -> Result<Io, Fatal> {
                 pipe.pending,
                 if more { " SPLICE_F_MORE" } else { "" }
             );
-            if n > 0 {
-                if (n as usize) < pipe.pending {
+            n
+        });
+        match spliced {
+            Ok(n) if n > 0 => {
+                if n < pipe.pending {
                     ssl::kernel_full(c);
                 }
-                pipe.pending -= n as usize;
-                ssl::kernel_wrote(c, n as usize)?;
-                return Ok(Io::Sent(n as usize));
+                pipe.pending -= n;
+                ssl::kernel_wrote(c, n)?;
+                Ok(Io::Sent(n))
+            }
+            Err(libc::EAGAIN) => {
+                debug!((*c).log, "splice() not ready");
+                ssl::sendfile_wait_writable(c)
             }
             // A pipe with bytes in it never reads as empty.
-            let err = if n == 0 { libc::EPIPE } else { ngx_errno() };
-            match err {
-                libc::EINTR => continue,
-                libc::EAGAIN => {
-                    debug!((*c).log, "splice() not ready");
-                    return ssl::sendfile_wait_writable(c);
-                }
-                _ => return Err(ssl::fail(c, SSL_ERROR_SYSCALL, err, c"splice() failed")),
-            }
+            Ok(_) => Err(ssl::fail(
+                c,
+                SSL_ERROR_SYSCALL,
+                libc::EPIPE,
+                c"splice() failed",
+            )),
+            Err(err) => Err(ssl::fail(c, SSL_ERROR_SYSCALL, err, c"splice() failed")),
         }
     }
 }

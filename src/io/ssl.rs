@@ -26,7 +26,7 @@ use nginx_sys::{
 
 use crate::decide::error_level::error_level;
 use crate::decide::plan::{Fatal, Io};
-use crate::io::state;
+use crate::io::{state, sys};
 
 /// `SSL_OP_ENABLE_KTLS` (`SSL_OP_BIT(3)`), a macro bindgen cannot translate.
 pub const SSL_OP_ENABLE_KTLS: u64 = 1 << 3;
@@ -441,7 +441,7 @@ pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) ->
     let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
     // SAFETY: the caller guarantees a live connection; data is readable.
     unsafe {
-        loop {
+        let sent = sys::restart_on_eintr(|| {
             let n = libc::send((*c).fd, data.as_ptr().cast(), data.len(), flags);
             debug!(
                 (*c).log,
@@ -451,28 +451,26 @@ pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) ->
                 data.len(),
                 if more { " MSG_MORE" } else { "" }
             );
+            n
+        });
 
-            if n > 0 {
+        match sent {
+            Ok(n) if n > 0 => {
                 // A short send means the socket is full, as in
                 // ngx_unix_send(): the write event must wait for room, or
                 // HTTP/2 would drop its send timer with bytes still held.
-                if (n as usize) < data.len() {
+                if n < data.len() {
                     kernel_full(c);
                 }
-                kernel_wrote(c, n as usize)?;
-                return Ok(Io::Sent(n as usize));
+                kernel_wrote(c, n)?;
+                Ok(Io::Sent(n))
             }
-
-            let err = ngx_errno();
-            match err {
-                libc::EINTR => continue,
-                libc::EAGAIN => {
-                    debug!((*c).log, "send() not ready");
-                    (*(*c).write).set_ready(0);
-                    return Ok(Io::Again);
-                }
-                _ => return Err(fail(c, SSL_ERROR_SYSCALL, err, c"send() failed")),
+            Ok(_) | Err(libc::EAGAIN) => {
+                debug!((*c).log, "send() not ready");
+                (*(*c).write).set_ready(0);
+                Ok(Io::Again)
             }
+            Err(err) => Err(fail(c, SSL_ERROR_SYSCALL, err, c"send() failed")),
         }
     }
 }
@@ -613,15 +611,14 @@ pub unsafe fn sendfile_truncated(
     file: *const ngx_buf_t,
     call: &str,
 ) -> Fatal {
-    // SAFETY: forwarded from the caller; nginx's file names end in NUL.
+    // SAFETY: forwarded from the caller.
     unsafe {
-        let name = CStr::from_ptr((*(*file).file).name.data as *const c_char);
         log_error!(
             NGX_LOG_ALERT,
             (*c).log,
             "{}() reported that \"{}\" was truncated at {}",
             call,
-            name.to_string_lossy(),
+            sys::file_name((*file).file),
             (*file).file_pos
         );
     }

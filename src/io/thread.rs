@@ -43,7 +43,7 @@ use nginx_sys::{
 
 use crate::decide::plan::{Collected, Fatal, Io, Read};
 use crate::io::pread::{self, Outcome, Part, MAX_PARTS};
-use crate::io::ssl;
+use crate::io::{ssl, sys};
 
 /// What the thread does, on descriptors of its own that it closes when
 /// done.
@@ -469,16 +469,12 @@ unsafe extern "C" fn run(data: *mut c_void, _log: *mut ngx_log_t) {
                 size,
             } => {
                 let mut off = offset;
-                loop {
-                    let n = libc::sendfile(socket, fd, &mut off, size);
-                    let err = if n < 0 {
-                        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-                    } else {
-                        0
-                    };
-                    if err != libc::EINTR {
-                        break Finished::Sendfile { n, err };
-                    }
+                match sys::restart_on_eintr(|| libc::sendfile(socket, fd, &mut off, size)) {
+                    Ok(n) => Finished::Sendfile {
+                        n: n as isize,
+                        err: 0,
+                    },
+                    Err(err) => Finished::Sendfile { n: -1, err },
                 }
             }
             Job::Read { fd, base, nparts } => {
