@@ -370,6 +370,9 @@ pub unsafe fn write(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> 
         let (sslerr, err) = write_error(c, n, Call::Write);
 
         match sslerr {
+            // Through kTLS, OpenSSL's write meets the socket as a direct
+            // one does: what a sendfile left corked is pushed.
+            SSL_ERROR_WANT_WRITE if ktls_send(ssl_of(c)) => sendfile_wait_writable(c),
             SSL_ERROR_WANT_WRITE => wait_writable(c),
             SSL_ERROR_WANT_READ => {
                 debug!((*c).log, "SSL_write: want read");
@@ -467,7 +470,9 @@ pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) ->
             }
             Ok(_) | Err(libc::EAGAIN) => {
                 debug!((*c).log, "send() not ready");
-                (*(*c).write).set_ready(0);
+                // The sendfile before may have left its last segment
+                // corked, as it does when it runs out of space.
+                kernel_full(c);
                 Ok(Io::Again)
             }
             Err(err) => Err(fail(c, SSL_ERROR_SYSCALL, err, c"send() failed")),
