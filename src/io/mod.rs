@@ -2,7 +2,8 @@
 //! kTLS socket ([`ssl`]), through a pipe ([`splice`]), in threads of
 //! nginx's pool ([`thread`]), file reads ([`pread`]), key updates
 //! ([`key_update`]), receiving ([`receive`], [`userspace_rx`],
-//! [`no_pad`]), the kernel's start-up probe ([`kernel`]), and what the module keeps per
+//! [`no_pad`]), the kernel's start-up probe ([`kernel`]), system calls
+//! ([`sys`]), the worker's pipes ([`pipe`]) and what the module keeps per
 //! connection ([`state`]).
 
 pub mod kernel;

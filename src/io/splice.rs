@@ -352,7 +352,7 @@ pub unsafe fn drain(c: *mut ngx_connection_t, more: bool) -> Result<Io, Fatal> {
             }
             Err(libc::EAGAIN) => {
                 debug!((*c).log, "splice() not ready");
-                ssl::sendfile_wait_writable(c)
+                ssl::wait_writable(c)
             }
             // A pipe with bytes in it never reads as empty.
             Ok(_) => Err(ssl::fail(

@@ -297,13 +297,18 @@ unsafe fn write_error(c: *mut ngx_connection_t, n: c_int, call: Call) -> (u32, i
 }
 
 /// The write needs the socket to become writable: the read handler a
-/// WANT_READ replaced gets its event back meanwhile.
+/// WANT_READ replaced gets its event back meanwhile.  On a kTLS socket,
+/// whatever the write was (a sendfile, a splice, OpenSSL's own), the
+/// segment a sendfile left corked is pushed first.
 ///
 /// # Safety
 /// `c` must be a live TLS connection.
-unsafe fn wait_writable(c: *mut ngx_connection_t) -> Result<Io, Fatal> {
+pub unsafe fn wait_writable(c: *mut ngx_connection_t) -> Result<Io, Fatal> {
     // SAFETY: as for restore_read_handler().
     unsafe {
+        if ktls_send(ssl_of(c)) {
+            push_pending_frames(c);
+        }
         restore_read_handler(c)?;
         (*(*c).write).set_ready(0);
     }
@@ -370,9 +375,6 @@ pub unsafe fn write(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> 
         let (sslerr, err) = write_error(c, n, Call::Write);
 
         match sslerr {
-            // Through kTLS, OpenSSL's write meets the socket as a direct
-            // one does: what a sendfile left corked is pushed.
-            SSL_ERROR_WANT_WRITE if ktls_send(ssl_of(c)) => sendfile_wait_writable(c),
             SSL_ERROR_WANT_WRITE => wait_writable(c),
             SSL_ERROR_WANT_READ => {
                 debug!((*c).log, "SSL_write: want read");
@@ -568,26 +570,13 @@ pub unsafe fn sendfile(
         let (sslerr, err) = write_error(c, n as c_int, Call::Sendfile);
 
         match sslerr {
-            SSL_ERROR_WANT_WRITE => sendfile_wait_writable(c),
+            SSL_ERROR_WANT_WRITE => wait_writable(c),
             SSL_ERROR_WANT_READ => {
                 debug!((*c).log, "SSL_sendfile: want read");
                 wait_readable(c)
             }
             _ => Err(fail(c, sslerr, err, c"SSL_sendfile() failed")),
         }
-    }
-}
-
-/// A sendfile that ran out of socket space: the queued partial segment is
-/// pushed, then the write waits for the socket.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn sendfile_wait_writable(c: *mut ngx_connection_t) -> Result<Io, Fatal> {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        push_pending_frames(c);
-        wait_writable(c)
     }
 }
 

@@ -3,12 +3,7 @@
 use core::ffi::{c_char, c_int, CStr};
 use std::borrow::Cow;
 
-use nginx_sys::ngx_file_t;
-
-/// The calling thread's `errno`.
-pub fn errno() -> c_int {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
+use nginx_sys::{ngx_errno, ngx_file_t};
 
 /// Makes `call`, a system call that returns a count or -1 with `errno`,
 /// again for as long as a signal interrupts it (`EINTR`): the count, or the
@@ -19,7 +14,7 @@ pub fn restart_on_eintr(mut call: impl FnMut() -> isize) -> Result<usize, c_int>
         if n >= 0 {
             return Ok(n as usize);
         }
-        let err = errno();
+        let err = ngx_errno();
         if err != libc::EINTR {
             return Err(err);
         }

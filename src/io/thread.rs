@@ -34,11 +34,11 @@ use core::mem::offset_of;
 use core::ptr;
 
 use nginx_sys::{
-    ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_cycle, ngx_event_handler_pt, ngx_event_t,
-    ngx_event_timer_rbtree, ngx_file_t, ngx_http_request_t, ngx_log_t, ngx_pool_cleanup_add,
-    ngx_pool_t, ngx_post_event, ngx_posted_events, ngx_rbtree_delete, ngx_recv_pt,
-    ngx_thread_task_t, u_char, NGX_AGAIN, NGX_LOG_ALERT, NGX_LOG_INFO, NGX_OK, NGX_SSL_BUFFERED,
-    SSL_ERROR_SYSCALL,
+    ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_cycle, ngx_errno, ngx_event_handler_pt,
+    ngx_event_t, ngx_event_timer_rbtree, ngx_file_t, ngx_http_request_t, ngx_log_t,
+    ngx_pool_cleanup_add, ngx_pool_t, ngx_post_event, ngx_posted_events, ngx_rbtree_delete,
+    ngx_recv_pt, ngx_thread_task_t, u_char, NGX_AGAIN, NGX_LOG_ALERT, NGX_LOG_INFO, NGX_OK,
+    NGX_SSL_BUFFERED, SSL_ERROR_SYSCALL,
 };
 
 use crate::decide::plan::{Collected, Fatal, Io, Read};
@@ -109,7 +109,7 @@ fn dup(fd: c_int) -> Result<c_int, c_int> {
     // SAFETY: F_DUPFD_CLOEXEC touches only the descriptor table.
     let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
     if copy < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+        return Err(ngx_errno());
     }
     Ok(copy)
 }
@@ -937,7 +937,7 @@ unsafe fn collect_sendfile(
                 // The socket was writable again before the task was done.
                 return Ok(Collected::Nothing);
             }
-            ssl::sendfile_wait_writable(c)?;
+            ssl::wait_writable(c)?;
             return Ok(Collected::Again);
         }
         let b = (*ctx).buf;
