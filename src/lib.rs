@@ -17,6 +17,8 @@
 //!   kTLS socket, splice and its pipes, threads, file reads, key updates,
 //!   receiving) and the start-up probes of the kernel.
 
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 mod decide;
 
 // The layers that talk to nginx, OpenSSL and the kernel.  Unit tests run

@@ -10,15 +10,12 @@
 use core::ffi::{c_int, c_ulong};
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use nginx_sys::{
-    ngx_connection_t, OpenSSL_version_num, SSL_get_key_update_type, SSL_get_options, NGX_LOG_INFO,
-    SSL_KEY_UPDATE_NONE,
-};
+use nginx_sys::{OpenSSL_version_num, SSL_get_key_update_type, NGX_LOG_INFO, SSL_KEY_UPDATE_NONE};
 
 use crate::decide::plan::Fatal;
 use crate::decide::rekey::{self, Rekey};
-use crate::io::ssl::SSL_OP_ENABLE_KTLS;
-use crate::io::{kernel, ssl, state};
+use crate::io::connection::Connection;
+use crate::io::{kernel, ssl};
 
 /// The first OpenSSL release whose record layer gives kTLS the new key.
 const OPENSSL_REKEYS_KTLS: c_ulong = 0x3020_0000;
@@ -54,44 +51,38 @@ fn capabilities() -> Rekey {
 /// Before anything is written on a taken-over `c`: ends the connection,
 /// with one `info` line, if what would be written would go out with a
 /// sending key the client was told is retired.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn check(c: *mut ngx_connection_t) -> Result<(), Fatal> {
-    // SAFETY: the caller guarantees a live TLS connection.
-    unsafe {
-        let ssl = (*(*c).ssl).connection;
-        if SSL_get_key_update_type(ssl) == SSL_KEY_UPDATE_NONE as c_int {
-            return Ok(());
-        }
-        let Some(state) = state::get(ssl) else {
-            return Ok(());
-        };
-        if state.stale_key {
-            return Err(Fatal);
-        }
-        let ktls_tx = ssl::ktls_send(ssl);
-        // Without `Options KTLS` after the handshake (userspace_rx) OpenSSL
-        // keeps new keys to itself.
-        let cause = if SSL_get_options(ssl) & SSL_OP_ENABLE_KTLS == 0 {
-            rekey::userspace_keys_cause(ktls_tx, true)
-        } else {
-            rekey::stale_key_cause(capabilities(), ktls_tx, true)
-        };
-        let Some(cause) = cause else {
-            debug!(
-                (*c).log,
-                "ktls: KeyUpdate queued, the kernel takes the new key"
-            );
-            return Ok(());
-        };
-        state.stale_key = true;
-        log_error!(
-            NGX_LOG_INFO,
-            (*c).log,
-            "ktls: closing connection: the client asked for a TLS 1.3 KeyUpdate, and {cause}; \
-             nothing is sent with the old key"
-        );
-        Err(ssl::abandon(c))
+pub fn check(c: Connection) -> Result<(), Fatal> {
+    // SAFETY: the handle's OpenSSL object is live.
+    if unsafe { SSL_get_key_update_type(c.ssl()) } == SSL_KEY_UPDATE_NONE as c_int {
+        return Ok(());
     }
+    let Some(state) = c.state() else {
+        return Ok(());
+    };
+    if state.stale_key.get() {
+        return Err(Fatal);
+    }
+    let ktls_tx = c.ktls_send();
+    // Without `Options KTLS` after the handshake (userspace_rx) OpenSSL
+    // keeps new keys to itself.
+    let cause = if ssl::ktls_asked(c) {
+        rekey::stale_key_cause(capabilities(), ktls_tx, true)
+    } else {
+        rekey::userspace_keys_cause(ktls_tx, true)
+    };
+    let Some(cause) = cause else {
+        debug!(
+            c.log(),
+            "ktls: KeyUpdate queued, the kernel takes the new key"
+        );
+        return Ok(());
+    };
+    state.stale_key.set(true);
+    log_error!(
+        NGX_LOG_INFO,
+        c.log(),
+        "ktls: closing connection: the client asked for a TLS 1.3 KeyUpdate, and {cause}; \
+         nothing is sent with the old key"
+    );
+    Err(ssl::abandon(c))
 }

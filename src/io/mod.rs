@@ -1,4 +1,5 @@
-//! The ways bytes leave and arrive: through OpenSSL and straight to the
+//! The ways bytes leave and arrive, on a TLS connection as [`connection`]
+//! hands it out: through OpenSSL and straight to the
 //! kTLS socket ([`ssl`]), through a pipe ([`splice`]), in threads of
 //! nginx's pool ([`thread`]), file reads ([`pread`]), key updates
 //! ([`key_update`]), receiving ([`receive`], [`userspace_rx`],
@@ -6,6 +7,7 @@
 //! ([`sys`]), the worker's pipes ([`pipe`]) and what the module keeps per
 //! connection ([`state`]).
 
+pub mod connection;
 pub mod kernel;
 pub mod key_update;
 pub mod no_pad;

@@ -13,7 +13,9 @@ use core::ffi::c_int;
 use core::sync::atomic::{AtomicBool, Ordering};
 use std::io;
 
-use nginx_sys::{ngx_connection_t, ngx_cycle, ngx_log_t, NGX_LOG_WARN};
+use nginx_sys::{ngx_cycle, ngx_log_t, NGX_LOG_WARN};
+
+use crate::io::connection::Connection;
 
 use crate::io::kernel::{self, TLS_RX_EXPECT_NO_PAD};
 
@@ -44,35 +46,26 @@ pub fn init(log: *mut ngx_log_t, wanted: bool) {
 /// Tells the kernel that the client of `c`, whose receiving the kernel
 /// decrypts, does not pad, where the option is honoured.  A kernel that
 /// refuses it decrypts as before; the worker says so once.
-///
-/// # Safety
-/// `c` must be a live connection whose socket has kTLS receiving.
-pub unsafe fn expect_no_pad(c: *mut ngx_connection_t) {
+pub fn expect_no_pad(c: Connection) {
     if !HONOURED.load(Ordering::Relaxed) {
-        // SAFETY: c is live (the caller's promise).
-        unsafe { debug!((*c).log, "ktls_rx_no_pad: ignored on this kernel") };
+        debug!(c.log(), "ktls_rx_no_pad: ignored on this kernel");
         return;
     }
     let on: c_int = 1;
-    // SAFETY: as above.
-    let fd = unsafe { (*c).fd };
-    if kernel::set_option(fd, libc::SOL_TLS, TLS_RX_EXPECT_NO_PAD, &on) {
-        // SAFETY: as above.
-        unsafe { debug!((*c).log, "ktls_rx_no_pad: TLS_RX_EXPECT_NO_PAD set") };
+    if kernel::set_option(c.fd(), libc::SOL_TLS, TLS_RX_EXPECT_NO_PAD, &on) {
+        debug!(c.log(), "ktls_rx_no_pad: TLS_RX_EXPECT_NO_PAD set");
         return;
     }
     let err = io::Error::last_os_error();
-    // SAFETY: as above.
-    unsafe { debug!((*c).log, "ktls_rx_no_pad: setsockopt() failed: {err}") };
+    debug!(c.log(), "ktls_rx_no_pad: setsockopt() failed: {err}");
     if !REFUSAL_LOGGED.swap(true, Ordering::Relaxed) {
         // SAFETY: a worker's cycle lives as long as the worker.
-        unsafe {
-            log_error!(
-                NGX_LOG_WARN,
-                (*ngx_cycle).log,
-                "ktls: setsockopt(TLS_RX_EXPECT_NO_PAD) failed ({err}), \"ktls_rx_no_pad\" \
-                 is ignored: the kernel decrypts TLS 1.3 records into its own buffer"
-            )
-        };
+        let log = unsafe { (*ngx_cycle).log };
+        log_error!(
+            NGX_LOG_WARN,
+            log,
+            "ktls: setsockopt(TLS_RX_EXPECT_NO_PAD) failed ({err}), \"ktls_rx_no_pad\" \
+             is ignored: the kernel decrypts TLS 1.3 records into its own buffer"
+        );
     }
 }

@@ -8,7 +8,7 @@
 
 use core::ffi::c_int;
 
-use nginx_sys::{ngx_connection_t, ngx_file_t, NGX_LOG_ALERT, NGX_LOG_CRIT};
+use nginx_sys::{ngx_file_t, ngx_log_t, NGX_LOG_ALERT, NGX_LOG_CRIT};
 
 use crate::decide::plan::Fatal;
 use crate::io::sys;
@@ -89,49 +89,46 @@ pub fn total(parts: &[Part]) -> usize {
 /// (`ngx_read_file()`), a short one at alert (the copy filter's "read only").
 ///
 /// # Safety
-/// `c` must be a live connection and `file` an open file of one of its
-/// requests.
+/// `file` must be an open file, and `log` a live log.
 pub unsafe fn report(
-    c: *mut ngx_connection_t,
+    log: *mut ngx_log_t,
     file: *const ngx_file_t,
     parts: &[Part],
     outcome: Outcome,
 ) -> Result<(), Fatal> {
-    // SAFETY: the caller guarantees both.
-    unsafe {
-        let name = || sys::file_name(file);
-        debug!(
-            (*c).log,
-            "preadv: {:?}, @{} {} in {} parts",
-            outcome,
-            parts.first().map_or(0, |p| p.offset),
-            total(parts),
-            parts.len()
-        );
-        match outcome {
-            Outcome::Read => Ok(()),
-            Outcome::Failed { err, .. } => {
-                log_error!(
-                    NGX_LOG_CRIT,
-                    (*c).log,
-                    "preadv() \"{}\" failed ({}: {})",
-                    name(),
-                    err,
-                    std::io::Error::from_raw_os_error(err)
-                );
-                Err(Fatal)
-            }
-            Outcome::Short { n, want, .. } => {
-                log_error!(
-                    NGX_LOG_ALERT,
-                    (*c).log,
-                    "preadv() read only {} of {} from \"{}\"",
-                    n,
-                    want,
-                    name()
-                );
-                Err(Fatal)
-            }
+    // SAFETY: the caller's promise.
+    let name = || unsafe { sys::file_name(file) };
+    debug!(
+        log,
+        "preadv: {:?}, @{} {} in {} parts",
+        outcome,
+        parts.first().map_or(0, |p| p.offset),
+        total(parts),
+        parts.len()
+    );
+    match outcome {
+        Outcome::Read => Ok(()),
+        Outcome::Failed { err, .. } => {
+            log_error!(
+                NGX_LOG_CRIT,
+                log,
+                "preadv() \"{}\" failed ({}: {})",
+                name(),
+                err,
+                std::io::Error::from_raw_os_error(err)
+            );
+            Err(Fatal)
+        }
+        Outcome::Short { n, want, .. } => {
+            log_error!(
+                NGX_LOG_ALERT,
+                log,
+                "preadv() read only {} of {} from \"{}\"",
+                n,
+                want,
+                name()
+            );
+            Err(Fatal)
         }
     }
 }

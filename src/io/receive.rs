@@ -21,13 +21,14 @@ use std::sync::OnceLock;
 use nginx_sys::{
     ngx_connection_error, ngx_connection_t, ngx_cycle, ngx_cycle_t, ngx_io, ngx_recv_pt,
     ngx_ssl_connection_index, u_char, SSL_CTX_get_info_callback, SSL_CTX_set_info_callback,
-    SSL_get_ex_data, SSL_version, NGX_AGAIN, NGX_ERROR, SSL, SSL_CB_HANDSHAKE_DONE,
-    SSL_CB_HANDSHAKE_START, SSL_CTX, TLS1_3_VERSION,
+    SSL_get_ex_data, NGX_AGAIN, NGX_ERROR, SSL, SSL_CB_HANDSHAKE_DONE, SSL_CB_HANDSHAKE_START,
+    SSL_CTX,
 };
 
 use crate::decide::conf::ServerConf;
 use crate::decide::record::{self, Drained, ReadFailure};
-use crate::io::{kernel, no_pad, ssl, state, userspace_rx};
+use crate::io::connection::Connection;
+use crate::io::{kernel, no_pad, state, userspace_rx};
 
 /// `TLS_GET_RECORD_TYPE` (linux/tls.h): the control message that carries a
 /// received record's content type.
@@ -99,38 +100,42 @@ pub unsafe fn watch_handshakes(
 /// whether kTLS receives for it, on servers with `ktls on`.
 unsafe extern "C" fn info_callback(ssl: *const SSL, where_: c_int, ret: c_int) {
     // SAFETY: OpenSSL passes a live SSL; nginx keeps its connection in the
-    // ex_data slot from ngx_ssl_create_connection() on.
-    unsafe {
+    // ex_data slot from ngx_ssl_create_connection() on, and runs the
+    // callback inside a handler of that connection.
+    let c = unsafe {
         if let Some(nginx) = NGINX_INFO_CALLBACK {
             nginx(ssl, where_, ret);
         }
         let c = SSL_get_ex_data(ssl, ngx_ssl_connection_index).cast::<ngx_connection_t>();
-        // TLS 1.3 reports post-handshake messages as handshakes too: only
-        // the first one, before nginx marks the connection handshaked.
-        if c.is_null() || (*c).ssl.is_null() || (*(*c).ssl).handshaked() != 0 {
-            return;
+        Connection::from_raw(c)
+    };
+    // TLS 1.3 reports post-handshake messages as handshakes too: only the
+    // first one, before nginx marks the connection handshaked.
+    let Some(c) = c.filter(|c| !c.handshaked()) else {
+        return;
+    };
+    if where_ & SSL_CB_HANDSHAKE_START as c_int != 0 && FILTERING.load(Ordering::Relaxed) {
+        userspace_rx::install(c);
+    }
+    if where_ & SSL_CB_HANDSHAKE_DONE as c_int == 0 {
+        return;
+    }
+    let Some(conf) = c.server_conf() else {
+        return;
+    };
+    let receives = c.ktls_recv();
+    debug!(
+        c.log(),
+        "ktls: handshake done, BIO_get_ktls_recv(): {}", receives as u8
+    );
+    if receives {
+        // SAFETY: the connection is one of the cycle's, live.
+        unsafe { remember_reader(c.as_ptr()) };
+        if conf.expects_no_pad(c.tls13()) {
+            no_pad::expect_no_pad(c);
         }
-        let ssl = ssl.cast_mut();
-        if where_ & SSL_CB_HANDSHAKE_START as c_int != 0 && FILTERING.load(Ordering::Relaxed) {
-            userspace_rx::install(c, ssl);
-        }
-        if where_ & SSL_CB_HANDSHAKE_DONE as c_int == 0 || state::server_conf(ssl).is_none() {
-            return;
-        }
-        let receives = ssl::ktls_recv(ssl);
-        debug!(
-            (*c).log,
-            "ktls: handshake done, BIO_get_ktls_recv(): {}", receives as u8
-        );
-        if receives {
-            remember_reader(c);
-            let tls13 = SSL_version(ssl) == TLS1_3_VERSION as c_int;
-            if state::server_conf(ssl).is_some_and(|conf| conf.expects_no_pad(tls13)) {
-                no_pad::expect_no_pad(c);
-            }
-        } else if FILTERING.load(Ordering::Relaxed) && ssl::ktls_send(ssl) {
-            userspace_rx::keep_key_updates_in_userspace(c, ssl);
-        }
+    } else if FILTERING.load(Ordering::Relaxed) && c.ktls_send() {
+        userspace_rx::keep_key_updates_in_userspace(c);
     }
 }
 

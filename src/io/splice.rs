@@ -14,13 +14,13 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use nginx_sys::{
-    ngx_buf_t, ngx_connection_t, ngx_log_t, ngx_pool_cleanup_add, NGX_LOG_CRIT, NGX_LOG_NOTICE,
-    SSL, SSL_ERROR_SYSCALL,
+    ngx_buf_t, ngx_log_t, ngx_pool_cleanup_add, NGX_LOG_CRIT, NGX_LOG_NOTICE, SSL_ERROR_SYSCALL,
 };
 
 use crate::decide::plan::{Fatal, Io, Piped};
+use crate::io::connection::Connection;
 use crate::io::pipe::{self, Pipe};
-use crate::io::state::{self, ConnState};
+use crate::io::state::ConnState;
 use crate::io::{kernel, ssl, sys};
 
 /// What the start-up probe found; workers inherit it.
@@ -126,122 +126,105 @@ pub fn enabled() -> bool {
     KEEPS_RECORDS_OPEN.load(Ordering::Relaxed)
 }
 
-/// The connection's pipe, taken from the worker's if it has none; `None`
-/// when every pipe is in use (the caller reads into the buffer instead).
-///
-/// # Safety
-/// `c` must be a live TLS connection taken over by the module.
-pub unsafe fn pipe_of(c: *mut ngx_connection_t) -> Option<&'static mut Pipe> {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        let ssl = (*(*c).ssl).connection;
-        let state = state::get(ssl)?;
-        if !state.splice {
-            return None;
-        }
-        if state.pipe.is_none() {
-            if !state.pipe_cleanup && !add_cleanup(c, state) {
-                return None;
-            }
-            state.pipe = pipe::take();
-            if state.pipe.is_some() {
-                debug!((*c).log, "splice: pipe taken");
-            }
-        }
-        state.pipe.as_mut()
+/// Whether the connection holds a pipe, taken from the worker's if it had
+/// none; not when every pipe is in use (the caller reads into the buffer
+/// instead) or the connection does not splice.
+pub fn hold_pipe(c: Connection) -> bool {
+    let Some(state) = c.state() else {
+        return false;
+    };
+    if !state.splice.get() {
+        return false;
     }
-}
-
-/// The pipe the connection holds, if any; unlike [`pipe_of`], never takes
-/// one.
-///
-/// # Safety
-/// `ssl` must be a live OpenSSL connection.
-unsafe fn held(ssl: *mut SSL) -> Option<&'static mut Pipe> {
-    // SAFETY: forwarded from the caller.
-    unsafe { state::get(ssl) }.and_then(|s| s.pipe.as_mut())
+    let mut pipe = state.pipe.borrow_mut();
+    if pipe.is_none() {
+        if !state.pipe_cleanup.get() && !add_cleanup(c, state) {
+            return false;
+        }
+        *pipe = pipe::take();
+        if pipe.is_some() {
+            debug!(c.log(), "splice: pipe taken");
+        }
+    }
+    pipe.is_some()
 }
 
 /// Bytes waiting in the connection's pipe.
-///
-/// # Safety
-/// `ssl` must be a live OpenSSL connection.
-pub unsafe fn pending(ssl: *mut SSL) -> usize {
-    // SAFETY: forwarded from the caller.
-    unsafe { held(ssl) }.map_or(0, |p| p.pending)
+pub fn pending(c: Connection) -> usize {
+    c.state()
+        .and_then(|s| s.pipe.borrow().as_ref().map(|p| p.pending))
+        .unwrap_or(0)
+}
+
+/// Runs `f` on the pipe the connection holds; `None` if it holds none.
+/// Unlike [`hold_pipe`], never takes one.
+fn with_held<R>(c: Connection, f: impl FnOnce(&mut Pipe) -> R) -> Option<R> {
+    let state = c.state()?;
+    let mut pipe = state.pipe.borrow_mut();
+    pipe.as_mut().map(f)
 }
 
 /// Gives the connection's pipe back to the worker if it is empty, so that
 /// idle connections hold none.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn release_if_empty(c: *mut ngx_connection_t) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        let Some(state) = state::get((*(*c).ssl).connection) else {
-            return;
-        };
-        if state.pipe.as_ref().is_some_and(|p| p.pending == 0) {
-            pipe::give_back(state.pipe.take());
-            debug!((*c).log, "splice: pipe given back");
-        }
+pub fn release_if_empty(c: Connection) {
+    let Some(state) = c.state() else {
+        return;
+    };
+    let mut pipe = state.pipe.borrow_mut();
+    if pipe.as_ref().is_some_and(|p| p.pending == 0) {
+        pipe::give_back(pipe.take());
+        debug!(c.log(), "splice: pipe given back");
     }
 }
 
 /// Makes the end of the connection give its pipe back.
-///
-/// # Safety
-/// `c` must be a live connection whose pool holds `state`.
-unsafe fn add_cleanup(c: *mut ngx_connection_t, state: &mut ConnState) -> bool {
-    // SAFETY: the cleanup runs when the connection's pool is destroyed,
-    // before the pool's memory (which holds the state) is freed.
+fn add_cleanup(c: Connection, state: &ConnState) -> bool {
+    // SAFETY: the pool is the live connection's; the cleanup runs when it
+    // is destroyed, before the pool's memory (which holds the state) is
+    // freed.
     unsafe {
-        let cln = ngx_pool_cleanup_add((*c).pool, 0);
+        let cln = ngx_pool_cleanup_add(c.pool(), 0);
         if cln.is_null() {
             return false;
         }
         (*cln).handler = Some(connection_ends);
-        (*cln).data = ptr::from_mut(state).cast();
+        (*cln).data = ptr::from_ref(state).cast_mut().cast();
     }
-    state.pipe_cleanup = true;
+    state.pipe_cleanup.set(true);
     true
 }
 
 unsafe extern "C" fn connection_ends(data: *mut c_void) {
-    // SAFETY: data is the connection's state, still in its pool.
-    let state = unsafe { &mut *data.cast::<ConnState>() };
-    pipe::give_back(state.pipe.take());
+    // SAFETY: data is the connection's state, still in its pool, and no
+    // handler of the connection runs while its pool is destroyed.
+    let state = unsafe { &*data.cast::<ConnState>() };
+    pipe::give_back(state.pipe.borrow_mut().take());
 }
 
 /// Writes memory bytes into the pipe.
-///
-/// # Safety
-/// `c` must be a live TLS connection holding a pipe.
-pub unsafe fn fill_memory(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> {
-    // SAFETY: forwarded from the caller; data is readable.
-    unsafe {
-        let Some(pipe) = held((*(*c).ssl).connection) else {
-            return Ok(Io::Again);
-        };
+pub fn fill_memory(c: Connection, data: &[u8]) -> Result<Io, Fatal> {
+    let written = with_held(c, |pipe| {
         let written = sys::restart_on_eintr(|| {
-            let n = libc::write(pipe.write, data.as_ptr().cast(), data.len());
-            debug!((*c).log, "splice: pipe write {}: {}", data.len(), n);
+            // SAFETY: the pipe's descriptor is open; data is readable.
+            let n = unsafe { libc::write(pipe.write, data.as_ptr().cast(), data.len()) };
+            debug!(c.log(), "splice: pipe write {}: {}", data.len(), n);
             n
         });
-        match written {
-            Ok(n) if n > 0 => {
-                pipe.pending += n;
-                Ok(Io::Sent(n))
-            }
-            Ok(_) | Err(libc::EAGAIN) => Ok(Io::Again),
-            Err(err) => Err(ssl::fail(
-                c,
-                SSL_ERROR_SYSCALL,
-                err,
-                c"write() to pipe failed",
-            )),
+        if let Ok(n) = written {
+            pipe.pending += n;
         }
+        written
+    });
+    match written {
+        None => Ok(Io::Again),
+        Some(Ok(n)) if n > 0 => Ok(Io::Sent(n)),
+        Some(Ok(_) | Err(libc::EAGAIN)) => Ok(Io::Again),
+        Some(Err(err)) => Err(ssl::fail(
+            c,
+            SSL_ERROR_SYSCALL,
+            err,
+            c"write() to pipe failed",
+        )),
     }
 }
 
@@ -249,131 +232,130 @@ pub unsafe fn fill_memory(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, F
 /// pipe.
 ///
 /// # Safety
-/// `c` must be a live TLS connection holding a pipe, and `file` a live
-/// buffer in a file that stays open while its buffer is in the chain.
-pub unsafe fn fill_file(
-    c: *mut ngx_connection_t,
-    file: *const ngx_buf_t,
-    len: usize,
-) -> Result<Piped, Fatal> {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        let Some(pipe) = held((*(*c).ssl).connection) else {
-            return Ok(Piped::Refused);
-        };
-        let mut off = (*file).file_pos;
-        debug!((*c).log, "splice to pipe: @{} {}", off, len);
+/// `file` must be a live buffer in a file that stays open while its buffer
+/// is in the chain.
+pub unsafe fn fill_file(c: Connection, file: *const ngx_buf_t, len: usize) -> Result<Piped, Fatal> {
+    // SAFETY: the caller's promise.
+    let (mut off, fd) = unsafe { ((*file).file_pos, (*(*file).file).fd) };
+    let outcome = with_held(c, |pipe| {
+        debug!(c.log(), "splice to pipe: @{} {}", off, len);
         let spliced = sys::restart_on_eintr(|| {
-            let n = libc::splice(
-                (*(*file).file).fd,
-                &mut off,
-                pipe.write,
-                ptr::null_mut(),
-                len,
-                libc::SPLICE_F_NONBLOCK,
-            );
-            debug!((*c).log, "splice: {}", n);
+            // SAFETY: both descriptors are open; off is the file's offset.
+            let n = unsafe {
+                libc::splice(
+                    fd,
+                    &mut off,
+                    pipe.write,
+                    ptr::null_mut(),
+                    len,
+                    libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            debug!(c.log(), "splice: {}", n);
             n
         });
-        match spliced {
-            Ok(0) => Err(ssl::sendfile_truncated(c, file, "splice")),
-            Ok(n) => {
-                pipe.pending += n;
-                add_splice_bytes(c, n as u64);
-                Ok(Piped::Moved(n))
+        if let Ok(n) = spliced {
+            pipe.pending += n;
+        }
+        (spliced, pipe.pending)
+    });
+    let Some((spliced, pending)) = outcome else {
+        return Ok(Piped::Refused);
+    };
+    match spliced {
+        // SAFETY: the caller's promise.
+        Ok(0) => Err(unsafe { ssl::sendfile_truncated(c, file, "splice") }),
+        Ok(n) => {
+            if let Some(state) = c.state() {
+                state.add_splice_bytes(n as u64);
             }
-            // Only a full pipe says "again"; an empty one that did would
-            // never be drained, so the part is read instead.
-            Err(libc::EAGAIN) if pipe.pending > 0 => Ok(Piped::Full),
-            Err(libc::EAGAIN) => Ok(Piped::Refused),
-            Err(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
-                // The file system cannot splice: this connection reads
-                // into the buffer from now on.
-                debug!((*c).log, "splice: refused, reading instead");
-                if let Some(state) = state::get((*(*c).ssl).connection) {
-                    state.splice = false;
-                }
-                Ok(Piped::Refused)
+            Ok(Piped::Moved(n))
+        }
+        // Only a full pipe says "again"; an empty one that did would
+        // never be drained, so the part is read instead.
+        Err(libc::EAGAIN) if pending > 0 => Ok(Piped::Full),
+        Err(libc::EAGAIN) => Ok(Piped::Refused),
+        Err(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+            // The file system cannot splice: this connection reads
+            // into the buffer from now on.
+            debug!(c.log(), "splice: refused, reading instead");
+            if let Some(state) = c.state() {
+                state.splice.set(false);
             }
-            Err(err) => {
-                log_error!(
-                    NGX_LOG_CRIT,
-                    (*c).log,
-                    "splice() \"{}\" failed ({}: {})",
-                    sys::file_name((*file).file),
-                    err,
-                    std::io::Error::from_raw_os_error(err)
-                );
-                Err(ssl::abandon(c))
-            }
+            Ok(Piped::Refused)
+        }
+        Err(err) => {
+            log_error!(
+                NGX_LOG_CRIT,
+                c.log(),
+                "splice() \"{}\" failed ({}: {})",
+                // SAFETY: the caller's promise.
+                unsafe { sys::file_name((*file).file) },
+                err,
+                std::io::Error::from_raw_os_error(err)
+            );
+            Err(ssl::abandon(c))
         }
     }
 }
 
 /// Splices the pipe's bytes to the kTLS socket, with `SPLICE_F_MORE` when
-/// `more` is set.
-///
-/// # Safety
-/// `c` must be a live TLS connection with kTLS sending.
-pub unsafe fn drain(c: *mut ngx_connection_t, more: bool) -> Result<Io, Fatal> {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        let Some(pipe) = held((*(*c).ssl).connection) else {
-            return Ok(Io::Again);
-        };
-        let flags = libc::SPLICE_F_NONBLOCK | if more { libc::SPLICE_F_MORE } else { 0 };
+/// `more` is set; only while kTLS sends for the connection.
+pub fn drain(c: Connection, more: bool) -> Result<Io, Fatal> {
+    let flags = libc::SPLICE_F_NONBLOCK | if more { libc::SPLICE_F_MORE } else { 0 };
+    let outcome = with_held(c, |pipe| {
+        let offered = pipe.pending;
         let spliced = sys::restart_on_eintr(|| {
-            let n = libc::splice(
-                pipe.read,
-                ptr::null_mut(),
-                (*c).fd,
-                ptr::null_mut(),
-                pipe.pending,
-                flags,
-            );
+            // SAFETY: the pipe's descriptor and the handle's socket are
+            // open.
+            let n = unsafe {
+                libc::splice(
+                    pipe.read,
+                    ptr::null_mut(),
+                    c.fd(),
+                    ptr::null_mut(),
+                    offered,
+                    flags,
+                )
+            };
             debug!(
-                (*c).log,
+                c.log(),
                 "splice to socket: fd:{} {} of {}{}",
-                (*c).fd,
+                c.fd(),
                 n,
-                pipe.pending,
+                offered,
                 if more { " SPLICE_F_MORE" } else { "" }
             );
             n
         });
-        match spliced {
-            Ok(n) if n > 0 => {
-                if n < pipe.pending {
-                    ssl::kernel_full(c);
-                }
-                pipe.pending -= n;
-                ssl::kernel_wrote(c, n)?;
-                Ok(Io::Sent(n))
-            }
-            Err(libc::EAGAIN) => {
-                debug!((*c).log, "splice() not ready");
-                ssl::wait_writable(c)
-            }
-            // A pipe with bytes in it never reads as empty.
-            Ok(_) => Err(ssl::fail(
-                c,
-                SSL_ERROR_SYSCALL,
-                libc::EPIPE,
-                c"splice() failed",
-            )),
-            Err(err) => Err(ssl::fail(c, SSL_ERROR_SYSCALL, err, c"splice() failed")),
+        if let Ok(n) = spliced {
+            pipe.pending -= n;
         }
-    }
-}
-
-/// Counts file bytes spliced into the connection's pipe.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-unsafe fn add_splice_bytes(c: *mut ngx_connection_t, n: u64) {
-    // SAFETY: forwarded from the caller.
-    if let Some(state) = unsafe { state::get((*(*c).ssl).connection) } {
-        state.splice_bytes += n;
+        (spliced, offered)
+    });
+    let Some((spliced, offered)) = outcome else {
+        return Ok(Io::Again);
+    };
+    match spliced {
+        Ok(n) if n > 0 => {
+            if n < offered {
+                ssl::kernel_full(c);
+            }
+            ssl::kernel_wrote(c, n)?;
+            Ok(Io::Sent(n))
+        }
+        Err(libc::EAGAIN) => {
+            debug!(c.log(), "splice() not ready");
+            ssl::wait_writable(c)
+        }
+        // A pipe with bytes in it never reads as empty.
+        Ok(_) => Err(ssl::fail(
+            c,
+            SSL_ERROR_SYSCALL,
+            libc::EPIPE,
+            c"splice() failed",
+        )),
+        Err(err) => Err(ssl::fail(c, SSL_ERROR_SYSCALL, err, c"splice() failed")),
     }
 }
 

@@ -15,97 +15,57 @@ use core::ptr;
 
 use nginx_sys::{
     ngx_buf_t, ngx_connection_t, ngx_errno, ngx_event_t, ngx_handle_read_event, ngx_log_t,
-    ngx_post_event, ngx_posted_events, ngx_set_errno, ngx_ssl_error, ngx_tcp_push, BIO_ctrl,
-    ERR_clear_error, ERR_peek_error, ERR_peek_last_error, SSL_CIPHER_get_name,
-    SSL_get_current_cipher, SSL_get_error, SSL_get_key_update_type, SSL_get_options, SSL_get_rbio,
-    SSL_get_version, SSL_get_wbio, SSL_is_init_finished, SSL_sendfile, SSL_write,
-    SSL_write_early_data, BIO_CTRL_GET_KTLS_RECV, BIO_CTRL_GET_KTLS_SEND, ERR_REASON_MASK,
-    NGX_LOG_ALERT, SSL, SSL_ERROR_SSL, SSL_ERROR_SYSCALL, SSL_ERROR_WANT_READ,
-    SSL_ERROR_WANT_WRITE, SSL_ERROR_ZERO_RETURN, SSL_KEY_UPDATE_NONE, SSL_R_UNINITIALIZED,
+    ngx_post_event, ngx_posted_events, ngx_set_errno, ngx_ssl_error, ngx_tcp_push, ERR_clear_error,
+    ERR_peek_error, ERR_peek_last_error, SSL_CIPHER_get_name, SSL_get_current_cipher,
+    SSL_get_error, SSL_get_key_update_type, SSL_get_options, SSL_get_version, SSL_is_init_finished,
+    SSL_sendfile, SSL_write, SSL_write_early_data, ERR_REASON_MASK, NGX_LOG_ALERT, SSL_ERROR_SSL,
+    SSL_ERROR_SYSCALL, SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE, SSL_ERROR_ZERO_RETURN,
+    SSL_KEY_UPDATE_NONE, SSL_R_UNINITIALIZED,
 };
 
 use crate::decide::error_level::error_level;
 use crate::decide::plan::{Fatal, Io};
-use crate::io::{state, sys};
+use crate::io::connection::Connection;
+use crate::io::sys;
 
 /// `SSL_OP_ENABLE_KTLS` (`SSL_OP_BIT(3)`), a macro bindgen cannot translate.
 pub const SSL_OP_ENABLE_KTLS: u64 = 1 << 3;
 
-/// The OpenSSL object of a TLS connection.
-///
-/// # Safety
-/// `c` must be a live connection with `c->ssl` set.
-unsafe fn ssl_of(c: *mut ngx_connection_t) -> *mut SSL {
-    // SAFETY: the caller guarantees c and c->ssl are valid.
-    unsafe { (*(*c).ssl).connection }
+/// Whether `Options KTLS` is set on the connection.
+pub fn ktls_asked(c: Connection) -> bool {
+    // SAFETY: the handle's OpenSSL object is live.
+    unsafe { SSL_get_options(c.ssl()) & SSL_OP_ENABLE_KTLS != 0 }
 }
 
-/// Whether kTLS encrypts what this connection sends (`BIO_get_ktls_send()`).
-///
-/// # Safety
-/// `ssl` must be a live OpenSSL connection.
-pub unsafe fn ktls_send(ssl: *mut SSL) -> bool {
-    // SAFETY: BIO_get_ktls_send() is this BIO_ctrl() call; a NULL BIO
-    // (no socket attached) answers 0.
-    unsafe {
-        BIO_ctrl(
-            SSL_get_wbio(ssl),
-            BIO_CTRL_GET_KTLS_SEND as c_int,
-            0,
-            ptr::null_mut(),
-        ) == 1
-    }
-}
-
-/// Whether kTLS decrypts what this connection receives (`BIO_get_ktls_recv()`).
-///
-/// # Safety
-/// `ssl` must be a live OpenSSL connection.
-pub unsafe fn ktls_recv(ssl: *mut SSL) -> bool {
-    // SAFETY: as for ktls_send().
-    unsafe {
-        BIO_ctrl(
-            SSL_get_rbio(ssl),
-            BIO_CTRL_GET_KTLS_RECV as c_int,
-            0,
-            ptr::null_mut(),
-        ) == 1
-    }
-}
-
-/// Whether OpenSSL was asked for kTLS on `ssl` (`Options KTLS`) and did not
-/// give it for sending: the cipher, the protocol or an extension
+/// Whether OpenSSL was asked for kTLS (`Options KTLS`) and did not give it
+/// for sending: the cipher, the protocol or an extension
 /// (max_fragment_length, record padding) ruled it out.
-///
-/// # Safety
-/// `ssl` must be a live OpenSSL connection.
-pub unsafe fn ktls_refused(ssl: *mut SSL) -> bool {
-    // SAFETY: forwarded from the caller.
-    unsafe { SSL_get_options(ssl) & SSL_OP_ENABLE_KTLS != 0 && !ktls_send(ssl) }
+pub fn ktls_refused(c: Connection) -> bool {
+    ktls_asked(c) && !c.ktls_send()
 }
 
 /// "TLSv1.3/TLS_AES_256_GCM_SHA384" for log lines.
-///
-/// # Safety
-/// `ssl` must be a live OpenSSL connection.
-pub unsafe fn describe(ssl: *mut SSL) -> String {
-    // SAFETY: OpenSSL returns static NUL-terminated names (or NULL).
-    unsafe {
-        let name = |p: *const c_char| {
-            if p.is_null() {
-                "(none)".into()
-            } else {
-                CStr::from_ptr(p).to_string_lossy()
-            }
-        };
-        let cipher = SSL_get_current_cipher(ssl);
+pub fn describe(c: Connection) -> String {
+    let name = |p: *const c_char| {
+        if p.is_null() {
+            "(none)".into()
+        } else {
+            // SAFETY: OpenSSL's names are static NUL-terminated strings.
+            unsafe { CStr::from_ptr(p) }.to_string_lossy()
+        }
+    };
+    // SAFETY: the handle's OpenSSL object is live; the cipher, when set,
+    // is one of OpenSSL's static tables.
+    let (version, cipher) = unsafe {
+        let cipher = SSL_get_current_cipher(c.ssl());
         let cipher = if cipher.is_null() {
             ptr::null()
         } else {
             SSL_CIPHER_get_name(cipher)
         };
-        format!("{}/{}", name(SSL_get_version(ssl)), name(cipher))
-    }
+        (SSL_get_version(c.ssl()), cipher)
+    };
+    format!("{}/{}", name(version), name(cipher))
 }
 
 /// Whether the kTLS socket may be written to directly now (`SSL_sendfile()`,
@@ -125,39 +85,30 @@ pub unsafe fn describe(ssl: *mut SSL) -> String {
 /// writes none of its own.  The remaining case, an application record that
 /// `SSL_write()` left half-written (it must be retried with the same bytes),
 /// is tracked per connection from `SSL_write()`'s results.
-///
-/// # Safety
-/// `c` must be a live TLS connection taken over by the module.
-pub unsafe fn kernel_allowed(c: *mut ngx_connection_t) -> bool {
-    // SAFETY: the caller guarantees a live TLS connection.
-    unsafe {
-        let ssl = ssl_of(c);
-        ktls_send(ssl)
-            && SSL_is_init_finished(ssl) == 1
-            && SSL_get_key_update_type(ssl) == SSL_KEY_UPDATE_NONE
-            && state::get(ssl).is_some_and(|s| !s.ssl_write_pending)
+pub fn kernel_allowed(c: Connection) -> bool {
+    if !c.ktls_send() {
+        return false;
     }
+    // SAFETY: the handle's OpenSSL object is live.
+    let settled = unsafe {
+        SSL_is_init_finished(c.ssl()) == 1
+            && SSL_get_key_update_type(c.ssl()) == SSL_KEY_UPDATE_NONE
+    };
+    settled && c.state().is_some_and(|s| !s.ssl_write_pending.get())
 }
 
 /// Records whether an `SSL_write()` must be retried before anything else.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-unsafe fn set_ssl_write_pending(c: *mut ngx_connection_t, pending: bool) {
-    // SAFETY: forwarded from the caller.
-    if let Some(state) = unsafe { state::get(ssl_of(c)) } {
-        state.ssl_write_pending = pending;
+fn set_ssl_write_pending(c: Connection, pending: bool) {
+    if let Some(state) = c.state() {
+        state.ssl_write_pending.set(pending);
     }
 }
 
 /// `ngx_ssl_clear_error()`: errors left in OpenSSL's queue by someone else
 /// would be blamed on this write.
-///
-/// # Safety
-/// `log` must be a valid log.
-unsafe fn clear_error(log: *mut ngx_log_t) {
-    // SAFETY: OpenSSL's error queue is per thread; ngx_ssl_error() logs and
-    // pops one entry per call.
+fn clear_error(log: *mut ngx_log_t) {
+    // SAFETY: OpenSSL's error queue is per thread; ngx_ssl_error() logs to
+    // the live connection's log and pops one entry per call.
     unsafe {
         while ERR_peek_error() != 0 {
             ngx_ssl_error(
@@ -173,18 +124,16 @@ unsafe fn clear_error(log: *mut ngx_log_t) {
 
 /// `ngx_ssl_connection_error()`: logs a failed operation at the level nginx
 /// uses for that failure.
-///
-/// # Safety
-/// `c` must be a live connection.
-unsafe fn connection_error(c: *mut ngx_connection_t, sslerr: u32, err: i32, text: &CStr) {
-    // SAFETY: ERR_peek_last_error() only reads this thread's error queue;
-    // ngx_ssl_error() formats "%s" with a NUL-terminated string.
+fn connection_error(c: Connection, sslerr: u32, err: i32, text: &CStr) {
+    // SAFETY: ERR_peek_last_error() only reads this thread's error queue.
+    let reason = unsafe { ERR_peek_last_error() & ERR_REASON_MASK as u64 } as u32;
+    let level = error_level(sslerr, err, reason, c.log_error());
+    // SAFETY: ngx_ssl_error() formats "%s" with a NUL-terminated string, to
+    // the live connection's log.
     unsafe {
-        let reason = (ERR_peek_last_error() & ERR_REASON_MASK as u64) as u32;
-        let level = error_level(sslerr, err, reason, (*c).log_error());
         ngx_ssl_error(
             level as _,
-            (*c).log,
+            c.log(),
             err,
             c"%s".as_ptr().cast_mut(),
             text.as_ptr() as *const c_char,
@@ -196,9 +145,9 @@ unsafe fn connection_error(c: *mut ngx_connection_t, sslerr: u32, err: i32, text
 /// readable (`ngx_ssl_read_handler()`): readability means the write can go on.
 unsafe extern "C" fn ssl_read_handler(rev: *mut ngx_event_t) {
     // SAFETY: nginx calls event handlers with a live event whose data is
-    // its connection.
+    // its connection, and that connection's write event.
     unsafe {
-        let c = (*rev).data as *mut ngx_connection_t;
+        let c = (*rev).data.cast::<ngx_connection_t>();
         debug!((*c).log, "SSL read handler");
         let wev = (*c).write;
         if let Some(handler) = (*wev).handler {
@@ -209,17 +158,15 @@ unsafe extern "C" fn ssl_read_handler(rev: *mut ngx_event_t) {
 
 /// A write made progress: the read handler that a WANT_READ replaced gets its
 /// event back, posted so that reading resumes.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-unsafe fn restore_read_handler(c: *mut ngx_connection_t) -> Result<(), Fatal> {
-    // SAFETY: c, c->ssl and c->read are valid for a live TLS connection.
+fn restore_read_handler(c: Connection) -> Result<(), Fatal> {
+    // SAFETY: the handle's c->ssl and read event are live; the event is
+    // posted to the worker's queue, which outlives it.
     unsafe {
-        let ssl = (*c).ssl;
+        let ssl = c.ngx_ssl();
         let Some(saved) = (*ssl).saved_read_handler else {
             return Ok(());
         };
-        let rev = (*c).read;
+        let rev = c.read_event();
         (*rev).handler = Some(saved);
         (*ssl).saved_read_handler = None;
         (*rev).set_ready(1);
@@ -227,31 +174,28 @@ unsafe fn restore_read_handler(c: *mut ngx_connection_t) -> Result<(), Fatal> {
             return Err(Fatal);
         }
         ngx_post_event(rev, ptr::addr_of_mut!(ngx_posted_events));
-        Ok(())
     }
+    Ok(())
 }
 
 /// The write needs the socket to become readable: wait for it, and run the
 /// write handler when it is.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-unsafe fn wait_readable(c: *mut ngx_connection_t) -> Result<Io, Fatal> {
+fn wait_readable(c: Connection) -> Result<Io, Fatal> {
     // SAFETY: as for restore_read_handler().
     unsafe {
-        let rev = (*c).read;
+        let rev = c.read_event();
         (*rev).set_ready(0);
         if ngx_handle_read_event(rev, 0) != 0 {
             return Err(Fatal);
         }
         // No timer: the write event's timer already bounds this wait.
-        let ssl = (*c).ssl;
+        let ssl = c.ngx_ssl();
         if (*ssl).saved_read_handler.is_none() {
             (*ssl).saved_read_handler = (*rev).handler;
             (*rev).handler = Some(ssl_read_handler);
         }
-        Ok(Io::Again)
     }
+    Ok(Io::Again)
 }
 
 /// Which OpenSSL call failed, for [`write_error`].
@@ -263,125 +207,101 @@ enum Call {
 }
 
 /// `SSL_get_error()` for a write that returned `n`, corrected where nginx
-/// corrects it, and the errno that goes with SSL_ERROR_SYSCALL.
-///
-/// # Safety
-/// `c` must be a live TLS connection; called right after the failed write.
-unsafe fn write_error(c: *mut ngx_connection_t, n: c_int, call: Call) -> (u32, i32) {
-    // SAFETY: the caller guarantees a live TLS connection.
-    unsafe {
-        let mut sslerr = SSL_get_error(ssl_of(c), n) as u32;
-        if sslerr == SSL_ERROR_ZERO_RETURN && call != Call::WriteEarly {
-            // OpenSSL says ZERO_RETURN for a write that failed after the
-            // peer's close_notify (1.1.1, and sendfile in 3.x); it is a
-            // system error.
-            sslerr = SSL_ERROR_SYSCALL;
-        }
-        if call == Call::Sendfile
-            && sslerr == SSL_ERROR_SSL
-            && (ERR_peek_error() & ERR_REASON_MASK as u64) as u32 == SSL_R_UNINITIALIZED
-            && ngx_errno() != 0
-        {
-            // OpenSSL before 3.4 reports a failed sendfile() (EPIPE and
-            // others) as SSL_R_UNINITIALIZED; errno tells what happened.
-            sslerr = SSL_ERROR_SYSCALL;
-        }
-        let err = if sslerr == SSL_ERROR_SYSCALL {
-            ngx_errno()
-        } else {
-            0
-        };
-        debug!((*c).log, "SSL_get_error: {}", sslerr);
-        (sslerr, err)
+/// corrects it, and the errno that goes with SSL_ERROR_SYSCALL; called
+/// right after the failed write.
+fn write_error(c: Connection, n: c_int, call: Call) -> (u32, i32) {
+    // SAFETY: the handle's OpenSSL object is live; the error queue is this
+    // thread's.
+    let (mut sslerr, reason) = unsafe {
+        (
+            SSL_get_error(c.ssl(), n) as u32,
+            (ERR_peek_error() & ERR_REASON_MASK as u64) as u32,
+        )
+    };
+    if sslerr == SSL_ERROR_ZERO_RETURN && call != Call::WriteEarly {
+        // OpenSSL says ZERO_RETURN for a write that failed after the
+        // peer's close_notify (1.1.1, and sendfile in 3.x); it is a
+        // system error.
+        sslerr = SSL_ERROR_SYSCALL;
     }
+    if call == Call::Sendfile
+        && sslerr == SSL_ERROR_SSL
+        && reason == SSL_R_UNINITIALIZED
+        && ngx_errno() != 0
+    {
+        // OpenSSL before 3.4 reports a failed sendfile() (EPIPE and
+        // others) as SSL_R_UNINITIALIZED; errno tells what happened.
+        sslerr = SSL_ERROR_SYSCALL;
+    }
+    let err = if sslerr == SSL_ERROR_SYSCALL {
+        ngx_errno()
+    } else {
+        0
+    };
+    debug!(c.log(), "SSL_get_error: {}", sslerr);
+    (sslerr, err)
 }
 
 /// The write needs the socket to become writable: the read handler a
 /// WANT_READ replaced gets its event back meanwhile.  On a kTLS socket,
 /// whatever the write was (a sendfile, a splice, OpenSSL's own), the
 /// segment a sendfile left corked is pushed first.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn wait_writable(c: *mut ngx_connection_t) -> Result<Io, Fatal> {
-    // SAFETY: as for restore_read_handler().
-    unsafe {
-        if ktls_send(ssl_of(c)) {
-            push_pending_frames(c);
-        }
-        restore_read_handler(c)?;
-        (*(*c).write).set_ready(0);
+pub fn wait_writable(c: Connection) -> Result<Io, Fatal> {
+    if c.ktls_send() {
+        push_pending_frames(c);
     }
+    restore_read_handler(c)?;
+    c.set_write_ready(false);
     Ok(Io::Again)
 }
 
 /// The connection cannot be written to any more: no close_notify, and the
 /// failure logged.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn fail(c: *mut ngx_connection_t, sslerr: u32, err: i32, text: &CStr) -> Fatal {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        abandon(c);
-        connection_error(c, sslerr, err, text);
-    }
+pub fn fail(c: Connection, sslerr: u32, err: i32, text: &CStr) -> Fatal {
+    c.abandon();
+    connection_error(c, sslerr, err, text);
     Fatal
 }
 
 /// The connection cannot be written to any more: no close_notify either.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn abandon(c: *mut ngx_connection_t) -> Fatal {
-    // SAFETY: the caller guarantees a live TLS connection.
-    unsafe {
-        let ssl = (*c).ssl;
-        (*ssl).set_no_wait_shutdown(1);
-        (*ssl).set_no_send_shutdown(1);
-        (*(*c).write).set_error(1);
-    }
+pub fn abandon(c: Connection) -> Fatal {
+    c.abandon();
     Fatal
 }
 
 /// `ngx_ssl_write()`: sends `data` as TLS application data.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn write(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> {
-    // SAFETY: the caller guarantees a live TLS connection; data is a valid
-    // slice for the duration of the call.
-    unsafe {
-        if (*(*c).ssl).in_early() != 0 {
-            return write_early(c, data);
+pub fn write(c: Connection, data: &[u8]) -> Result<Io, Fatal> {
+    if c.in_early() {
+        return write_early(c, data);
+    }
+
+    clear_error(c.log());
+    debug!(c.log(), "SSL to write: {}", data.len());
+
+    let len = c_int::try_from(data.len()).unwrap_or(c_int::MAX);
+    // SAFETY: the handle's OpenSSL object is live; data is readable for len
+    // bytes.
+    let n = unsafe { SSL_write(c.ssl(), data.as_ptr().cast(), len) };
+    debug!(c.log(), "SSL_write: {}", n);
+    // Without SSL_MODE_ENABLE_PARTIAL_WRITE a write either completes or
+    // must be retried.
+    set_ssl_write_pending(c, n <= 0);
+
+    if n > 0 {
+        restore_read_handler(c)?;
+        c.add_sent(n as usize);
+        return Ok(Io::Sent(n as usize));
+    }
+
+    let (sslerr, err) = write_error(c, n, Call::Write);
+
+    match sslerr {
+        SSL_ERROR_WANT_WRITE => wait_writable(c),
+        SSL_ERROR_WANT_READ => {
+            debug!(c.log(), "SSL_write: want read");
+            wait_readable(c)
         }
-
-        clear_error((*c).log);
-        debug!((*c).log, "SSL to write: {}", data.len());
-
-        let len = c_int::try_from(data.len()).unwrap_or(c_int::MAX);
-        let n = SSL_write(ssl_of(c), data.as_ptr().cast(), len);
-        debug!((*c).log, "SSL_write: {}", n);
-        // Without SSL_MODE_ENABLE_PARTIAL_WRITE a write either completes or
-        // must be retried.
-        set_ssl_write_pending(c, n <= 0);
-
-        if n > 0 {
-            restore_read_handler(c)?;
-            (*c).sent += n as i64;
-            return Ok(Io::Sent(n as usize));
-        }
-
-        let (sslerr, err) = write_error(c, n, Call::Write);
-
-        match sslerr {
-            SSL_ERROR_WANT_WRITE => wait_writable(c),
-            SSL_ERROR_WANT_READ => {
-                debug!((*c).log, "SSL_write: want read");
-                wait_readable(c)
-            }
-            _ => Err(fail(c, sslerr, err, c"SSL_write() failed")),
-        }
+        _ => Err(fail(c, sslerr, err, c"SSL_write() failed")),
     }
 }
 
@@ -391,94 +311,87 @@ pub unsafe fn write(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> 
 /// While such a write is blocked, nginx's `ngx_ssl_recv_early()` does not
 /// read (OpenSSL cannot, issue 7757): `write_blocked` says so, and the read
 /// event posted when the write completes is what unlocks reading again.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-unsafe fn write_early(c: *mut ngx_connection_t, data: &[u8]) -> Result<Io, Fatal> {
-    // SAFETY: as for write().
-    unsafe {
-        clear_error((*c).log);
-        debug!((*c).log, "SSL to write: {}", data.len());
+fn write_early(c: Connection, data: &[u8]) -> Result<Io, Fatal> {
+    clear_error(c.log());
+    debug!(c.log(), "SSL to write: {}", data.len());
 
-        let mut written = 0usize;
-        let n = SSL_write_early_data(ssl_of(c), data.as_ptr().cast(), data.len(), &mut written);
-        debug!((*c).log, "SSL_write_early_data: {}, {}", n, written);
-        set_ssl_write_pending(c, n <= 0);
+    let mut written = 0usize;
+    // SAFETY: the handle's OpenSSL object is live; data is readable.
+    let n =
+        unsafe { SSL_write_early_data(c.ssl(), data.as_ptr().cast(), data.len(), &mut written) };
+    debug!(c.log(), "SSL_write_early_data: {}, {}", n, written);
+    set_ssl_write_pending(c, n <= 0);
 
-        if n > 0 {
-            restore_read_handler(c)?;
-            let ssl = (*c).ssl;
-            if (*ssl).write_blocked() != 0 {
-                (*ssl).set_write_blocked(0);
-                ngx_post_event((*c).read, ptr::addr_of_mut!(ngx_posted_events));
-            }
-            (*c).sent += written as i64;
-            return Ok(Io::Sent(written));
+    if n > 0 {
+        restore_read_handler(c)?;
+        if c.write_blocked() {
+            c.set_write_blocked(false);
+            // SAFETY: the handle's read event is live; the worker's queue
+            // outlives it.
+            unsafe { ngx_post_event(c.read_event(), ptr::addr_of_mut!(ngx_posted_events)) };
         }
+        c.add_sent(written);
+        return Ok(Io::Sent(written));
+    }
 
-        let (sslerr, err) = write_error(c, n, Call::WriteEarly);
+    let (sslerr, err) = write_error(c, n, Call::WriteEarly);
 
-        match sslerr {
-            SSL_ERROR_WANT_WRITE => {
-                debug!((*c).log, "SSL_write_early_data: want write");
-                // OpenSSL 1.1.1a fails SSL_read_early_data() after a blocked
-                // SSL_write_early_data() (issue 7757): reading waits.
-                (*(*c).ssl).set_write_blocked(1);
-                wait_writable(c)
-            }
-            SSL_ERROR_WANT_READ => {
-                debug!((*c).log, "SSL_write_early_data: want read");
-                wait_readable(c)
-            }
-            _ => Err(fail(c, sslerr, err, c"SSL_write_early_data() failed")),
+    match sslerr {
+        SSL_ERROR_WANT_WRITE => {
+            debug!(c.log(), "SSL_write_early_data: want write");
+            // OpenSSL 1.1.1a fails SSL_read_early_data() after a blocked
+            // SSL_write_early_data() (issue 7757): reading waits.
+            c.set_write_blocked(true);
+            wait_writable(c)
         }
+        SSL_ERROR_WANT_READ => {
+            debug!(c.log(), "SSL_write_early_data: want read");
+            wait_readable(c)
+        }
+        _ => Err(fail(c, sslerr, err, c"SSL_write_early_data() failed")),
     }
 }
 
 /// Sends plaintext to the kTLS socket, which encrypts it into application
 /// data records as `SSL_write()` would; with `more` (`MSG_MORE`) the kernel
 /// keeps the record open for the file data that the caller sends next.
-/// Errors are logged as nginx's `ngx_unix_send()` logs them.
-///
-/// # Safety
-/// `c` must be a live TLS connection for which [`kernel_allowed`] holds.
-pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) -> Result<Io, Fatal> {
+/// Errors are logged as nginx's `ngx_unix_send()` logs them.  Only while
+/// [`kernel_allowed`] holds.
+pub fn write_kernel(c: Connection, data: &[u8], more: bool) -> Result<Io, Fatal> {
     let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
-    // SAFETY: the caller guarantees a live connection; data is readable.
-    unsafe {
-        let sent = sys::restart_on_eintr(|| {
-            let n = libc::send((*c).fd, data.as_ptr().cast(), data.len(), flags);
-            debug!(
-                (*c).log,
-                "send: fd:{} {} of {}{}",
-                (*c).fd,
-                n,
-                data.len(),
-                if more { " MSG_MORE" } else { "" }
-            );
-            n
-        });
+    let sent = sys::restart_on_eintr(|| {
+        // SAFETY: the handle's socket is open; data is readable.
+        let n = unsafe { libc::send(c.fd(), data.as_ptr().cast(), data.len(), flags) };
+        debug!(
+            c.log(),
+            "send: fd:{} {} of {}{}",
+            c.fd(),
+            n,
+            data.len(),
+            if more { " MSG_MORE" } else { "" }
+        );
+        n
+    });
 
-        match sent {
-            Ok(n) if n > 0 => {
-                // A short send means the socket is full, as in
-                // ngx_unix_send(): the write event must wait for room, or
-                // HTTP/2 would drop its send timer with bytes still held.
-                if n < data.len() {
-                    kernel_full(c);
-                }
-                kernel_wrote(c, n)?;
-                Ok(Io::Sent(n))
-            }
-            Ok(_) | Err(libc::EAGAIN) => {
-                debug!((*c).log, "send() not ready");
-                // The sendfile before may have left its last segment
-                // corked, as it does when it runs out of space.
+    match sent {
+        Ok(n) if n > 0 => {
+            // A short send means the socket is full, as in
+            // ngx_unix_send(): the write event must wait for room, or
+            // HTTP/2 would drop its send timer with bytes still held.
+            if n < data.len() {
                 kernel_full(c);
-                Ok(Io::Again)
             }
-            Err(err) => Err(fail(c, SSL_ERROR_SYSCALL, err, c"send() failed")),
+            kernel_wrote(c, n)?;
+            Ok(Io::Sent(n))
         }
+        Ok(_) | Err(libc::EAGAIN) => {
+            debug!(c.log(), "send() not ready");
+            // The sendfile before may have left its last segment
+            // corked, as it does when it runs out of space.
+            kernel_full(c);
+            Ok(Io::Again)
+        }
+        Err(err) => Err(fail(c, SSL_ERROR_SYSCALL, err, c"send() failed")),
     }
 }
 
@@ -493,17 +406,12 @@ pub unsafe fn write_kernel(c: *mut ngx_connection_t, data: &[u8], more: bool) ->
 /// on about half of 1 MiB responses with `sndbuf=16k`).  Clearing TCP_CORK
 /// (`ngx_tcp_push()`), which nginx never sets on TLS connections, pushes the
 /// queued segments and changes nothing else.
-///
-/// # Safety
-/// `c` must be a live connection.
-unsafe fn push_pending_frames(c: *mut ngx_connection_t) {
-    // SAFETY: c is a live connection with a socket.
-    unsafe {
-        if ngx_tcp_push((*c).fd) == -1 {
-            // Only a nudge: the write event and send_timeout still bound
-            // the wait.
-            debug!((*c).log, "setsockopt(!TCP_CORK) failed: {}", ngx_errno());
-        }
+fn push_pending_frames(c: Connection) {
+    // SAFETY: a setsockopt() on the handle's open socket.
+    if unsafe { ngx_tcp_push(c.fd()) } == -1 {
+        // Only a nudge: the write event and send_timeout still bound
+        // the wait.
+        debug!(c.log(), "setsockopt(!TCP_CORK) failed: {}", ngx_errno());
     }
 }
 
@@ -511,28 +419,16 @@ unsafe fn push_pending_frames(c: *mut ngx_connection_t) {
 /// segment may be held back for what was to follow (`MSG_MORE`), and with a
 /// small send buffer nothing else is in flight to make the socket writable
 /// again, so it is pushed, as after a sendfile that ran out of space.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn kernel_full(c: *mut ngx_connection_t) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        push_pending_frames(c);
-        (*(*c).write).set_ready(0);
-    }
+pub fn kernel_full(c: Connection) {
+    push_pending_frames(c);
+    c.set_write_ready(false);
 }
 
 /// `n` bytes went to the kTLS socket around OpenSSL: they count as sent,
 /// and reading that a WANT_READ held up resumes, as after any write.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn kernel_wrote(c: *mut ngx_connection_t, n: usize) -> Result<(), Fatal> {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        restore_read_handler(c)?;
-        (*c).sent += n as i64;
-    }
+pub fn kernel_wrote(c: Connection, n: usize) -> Result<(), Fatal> {
+    restore_read_handler(c)?;
+    c.add_sent(n);
     Ok(())
 }
 
@@ -540,56 +436,47 @@ pub unsafe fn kernel_wrote(c: *mut ngx_connection_t, n: usize) -> Result<(), Fat
 /// current position with `SSL_sendfile()`.
 ///
 /// # Safety
-/// `c` must be a live TLS connection with kTLS sending, and `file` a live
-/// buffer in a file.
-pub unsafe fn sendfile(
-    c: *mut ngx_connection_t,
-    file: *const ngx_buf_t,
-    size: usize,
-) -> Result<Io, Fatal> {
-    // SAFETY: the caller guarantees both; the file descriptor stays open
-    // while its buffer is in the chain.
-    unsafe {
-        clear_error((*c).log);
-        let pos = (*file).file_pos;
-        debug!((*c).log, "SSL to sendfile: @{} {}", pos, size);
+/// kTLS must send for `c`, and `file` must be a live buffer in a file.
+pub unsafe fn sendfile(c: Connection, file: *const ngx_buf_t, size: usize) -> Result<Io, Fatal> {
+    clear_error(c.log());
+    // SAFETY: the caller's promise; the descriptor stays open while its
+    // buffer is in the chain.
+    let (pos, fd) = unsafe { ((*file).file_pos, (*(*file).file).fd) };
+    debug!(c.log(), "SSL to sendfile: @{} {}", pos, size);
 
-        ngx_set_errno(0);
-        // Linux has no sendfile flags (FreeBSD's SF_NODISKIO is not here).
-        let n = SSL_sendfile(ssl_of(c), (*(*file).file).fd, pos, size, 0);
-        debug!((*c).log, "SSL_sendfile: {}", n);
+    ngx_set_errno(0);
+    // Linux has no sendfile flags (FreeBSD's SF_NODISKIO is not here).
+    // SAFETY: the handle's OpenSSL object is live and fd is open.
+    let n = unsafe { SSL_sendfile(c.ssl(), fd, pos, size, 0) };
+    debug!(c.log(), "SSL_sendfile: {}", n);
 
-        if n > 0 {
-            return sendfile_sent(c, n as usize);
+    if n > 0 {
+        return sendfile_sent(c, n as usize);
+    }
+
+    if n == 0 {
+        // SAFETY: as above.
+        return Err(unsafe { sendfile_truncated(c, file, "SSL_sendfile") });
+    }
+
+    let (sslerr, err) = write_error(c, n as c_int, Call::Sendfile);
+
+    match sslerr {
+        SSL_ERROR_WANT_WRITE => wait_writable(c),
+        SSL_ERROR_WANT_READ => {
+            debug!(c.log(), "SSL_sendfile: want read");
+            wait_readable(c)
         }
-
-        if n == 0 {
-            return Err(sendfile_truncated(c, file, "SSL_sendfile"));
-        }
-
-        let (sslerr, err) = write_error(c, n as c_int, Call::Sendfile);
-
-        match sslerr {
-            SSL_ERROR_WANT_WRITE => wait_writable(c),
-            SSL_ERROR_WANT_READ => {
-                debug!((*c).log, "SSL_sendfile: want read");
-                wait_readable(c)
-            }
-            _ => Err(fail(c, sslerr, err, c"SSL_sendfile() failed")),
-        }
+        _ => Err(fail(c, sslerr, err, c"SSL_sendfile() failed")),
     }
 }
 
 /// Counts bytes a sendfile sent on the connection.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn sendfile_sent(c: *mut ngx_connection_t, n: usize) -> Result<Io, Fatal> {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        restore_read_handler(c)?;
-        (*c).sent += n as i64;
-        state::add_sendfile_bytes(ssl_of(c), n as u64);
+pub fn sendfile_sent(c: Connection, n: usize) -> Result<Io, Fatal> {
+    restore_read_handler(c)?;
+    c.add_sent(n);
+    if let Some(state) = c.state() {
+        state.add_sendfile_bytes(n as u64);
     }
     Ok(Io::Sent(n))
 }
@@ -599,22 +486,17 @@ pub unsafe fn sendfile_sent(c: *mut ngx_connection_t, n: usize) -> Result<Io, Fa
 /// `SSL_sendfile()` path, or its thread path's `sendfile()`).
 ///
 /// # Safety
-/// `c` must be a live connection and `file` a live buffer in a file.
-pub unsafe fn sendfile_truncated(
-    c: *mut ngx_connection_t,
-    file: *const ngx_buf_t,
-    call: &str,
-) -> Fatal {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        log_error!(
-            NGX_LOG_ALERT,
-            (*c).log,
-            "{}() reported that \"{}\" was truncated at {}",
-            call,
-            sys::file_name((*file).file),
-            (*file).file_pos
-        );
-    }
+/// `file` must be a live buffer in a file.
+pub unsafe fn sendfile_truncated(c: Connection, file: *const ngx_buf_t, call: &str) -> Fatal {
+    // SAFETY: the caller's promise.
+    let (name, pos) = unsafe { (sys::file_name((*file).file), (*file).file_pos) };
+    log_error!(
+        NGX_LOG_ALERT,
+        c.log(),
+        "{}() reported that \"{}\" was truncated at {}",
+        call,
+        name,
+        pos
+    );
     Fatal
 }

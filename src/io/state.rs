@@ -6,6 +6,7 @@
 //! by HTTP/2's stream connections, so `$ktls_sendfile_bytes` reads the same
 //! counter from any request on the connection.
 
+use core::cell::{Cell, RefCell};
 use core::ffi::c_int;
 use core::ptr;
 use core::sync::atomic::{AtomicI32, Ordering};
@@ -18,26 +19,27 @@ use nginx_sys::{
     CRYPTO_EX_INDEX_SSL_CTX, SSL, SSL_CTX,
 };
 
-/// Per-connection state.
+/// Per-connection state.  HTTP/2 streams share it, and nginx runs one
+/// handler at a time on a connection, so it changes through cells.
 pub struct ConnState {
     /// Bytes sent with `SSL_sendfile()` so far.
-    pub sendfile_bytes: u64,
+    pub sendfile_bytes: Cell<u64>,
     /// An `SSL_write()` is waiting to be retried: OpenSSL holds part of a
     /// record, so nothing may go to the kTLS socket around it.
-    pub ssl_write_pending: bool,
+    pub ssl_write_pending: Cell<bool>,
     /// `ktls_sendfile_min_size` of the server that took the connection over.
     pub sendfile_min: u64,
     /// The connection was ended rather than written with a stale key.
-    pub stale_key: bool,
+    pub stale_key: Cell<bool>,
     /// File bytes spliced into the connection's pipe so far.
-    pub splice_bytes: u64,
+    pub splice_bytes: Cell<u64>,
     /// The pipe the connection holds, with bytes for the socket in it.
-    pub pipe: Option<Pipe>,
+    pub pipe: RefCell<Option<Pipe>>,
     /// The connection's pool gives the pipe back when it is destroyed.
-    pub pipe_cleanup: bool,
+    pub pipe_cleanup: Cell<bool>,
     /// Short file runs may go through a pipe (`ktls_splice`); cleared when
     /// a file cannot be spliced, and the connection reads files instead.
-    pub splice: bool,
+    pub splice: Cell<bool>,
 }
 
 static EX_INDEX: AtomicI32 = AtomicI32::new(-1);
@@ -89,7 +91,7 @@ pub unsafe fn set_server_conf(ctx: *mut SSL_CTX, conf: Option<&ServerConf>) -> R
 ///
 /// # Safety
 /// `ssl` must be a live OpenSSL connection.
-pub unsafe fn server_conf(ssl: *const SSL) -> Option<&'static ServerConf> {
+pub unsafe fn server_conf<'a>(ssl: *const SSL) -> Option<&'a ServerConf> {
     let index = CTX_EX_INDEX.load(Ordering::Relaxed);
     if index < 0 {
         return None;
@@ -107,18 +109,19 @@ pub unsafe fn server_conf(ssl: *const SSL) -> Option<&'static ServerConf> {
     }
 }
 
-/// The state of `ssl`, if the module has taken the connection over.
+/// The state of `ssl`, if the module has taken the connection over; through
+/// [`Connection::state`](crate::io::connection::Connection::state).
 ///
 /// # Safety
-/// `ssl` must be a live OpenSSL connection.
-pub unsafe fn get(ssl: *mut SSL) -> Option<&'static mut ConnState> {
+/// `ssl` must be a live OpenSSL connection for all of `'a`.
+pub unsafe fn get<'a>(ssl: *mut SSL) -> Option<&'a ConnState> {
     let index = EX_INDEX.load(Ordering::Relaxed);
     if index < 0 {
         return None;
     }
     // SAFETY: the slot holds NULL or a ConnState from attach(), which lives
     // in the connection's pool, destroyed after the SSL object is freed.
-    unsafe { SSL_get_ex_data(ssl, index).cast::<ConnState>().as_mut() }
+    unsafe { SSL_get_ex_data(ssl, index).cast::<ConnState>().as_ref() }
 }
 
 /// Gives `ssl` a fresh state allocated from `pool`.  `ssl_write_pending`
@@ -144,14 +147,14 @@ pub unsafe fn attach(
             return Err(());
         }
         state.write(ConnState {
-            sendfile_bytes: 0,
-            ssl_write_pending,
+            sendfile_bytes: Cell::new(0),
+            ssl_write_pending: Cell::new(ssl_write_pending),
             sendfile_min,
-            stale_key: false,
-            splice_bytes: 0,
-            pipe: None,
-            pipe_cleanup: false,
-            splice,
+            stale_key: Cell::new(false),
+            splice_bytes: Cell::new(0),
+            pipe: RefCell::new(None),
+            pipe_cleanup: Cell::new(false),
+            splice: Cell::new(splice),
         });
         if SSL_set_ex_data(ssl, index, state.cast()) != 1 {
             return Err(());
@@ -160,13 +163,14 @@ pub unsafe fn attach(
     Ok(())
 }
 
-/// Counts bytes sent with `SSL_sendfile()`.
-///
-/// # Safety
-/// `ssl` must be a live OpenSSL connection.
-pub unsafe fn add_sendfile_bytes(ssl: *mut SSL, n: u64) {
-    // SAFETY: forwarded from the caller.
-    if let Some(state) = unsafe { get(ssl) } {
-        state.sendfile_bytes += n;
+impl ConnState {
+    /// Counts bytes sent with `SSL_sendfile()`.
+    pub fn add_sendfile_bytes(&self, n: u64) {
+        self.sendfile_bytes.set(self.sendfile_bytes.get() + n);
+    }
+
+    /// Counts file bytes spliced into the connection's pipe.
+    pub fn add_splice_bytes(&self, n: u64) {
+        self.splice_bytes.set(self.splice_bytes.get() + n);
     }
 }

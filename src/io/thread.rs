@@ -42,6 +42,7 @@ use nginx_sys::{
 };
 
 use crate::decide::plan::{Collected, Fatal, Io, Read};
+use crate::io::connection::Connection;
 use crate::io::pread::{self, Outcome, Part, MAX_PARTS};
 use crate::io::{ssl, sys};
 
@@ -527,7 +528,7 @@ unsafe extern "C" fn task_done(ev: *mut ngx_event_t) {
             ((*ctx).work.job, (*ctx).work.finished)
         {
             let parts = &(&(*ctx).work.parts)[..nparts];
-            (*ctx).read_result = pread::report(c, (*ctx).file, parts, outcome);
+            (*ctx).read_result = pread::report((*c).log, (*ctx).file, parts, outcome);
         }
         release_stream(ctx);
         if (*ctx).other_connection {
@@ -597,9 +598,9 @@ unsafe fn resume_writer(c: *mut ngx_connection_t) {
 /// again.
 ///
 /// # Safety
-/// `c` must be a live TLS connection, `task` its task with a job prepared
-/// and its file attached.
-unsafe fn post(c: *mut ngx_connection_t, task: *mut Task) -> Result<(), Fatal> {
+/// `task` must be the connection's task with a job prepared and its file
+/// attached.
+unsafe fn post(c: Connection, task: *mut Task) -> Result<(), Fatal> {
     // SAFETY: the file belongs to a live request (the guard is armed).
     unsafe {
         let ctx = ctx(task);
@@ -616,7 +617,7 @@ unsafe fn post(c: *mut ngx_connection_t, task: *mut Task) -> Result<(), Fatal> {
         };
         // As in ngx_linux_sendfile_thread(): a write event while the task
         // runs means a full socket may have drained since.
-        (*(*c).write).set_complete(0);
+        (*c.write_event()).set_complete(0);
         (*ctx).work.finished = None;
         (*ctx).work.job = own;
         let nt = ptr::addr_of_mut!((*task).task);
@@ -628,7 +629,7 @@ unsafe fn post(c: *mut ngx_connection_t, task: *mut Task) -> Result<(), Fatal> {
                 return Err(Fatal);
             }
             debug!(
-                (*c).log,
+                c.log(),
                 "ktls thread: not posted, the request waits for another operation"
             );
             return Ok(());
@@ -637,10 +638,10 @@ unsafe fn post(c: *mut ngx_connection_t, task: *mut Task) -> Result<(), Fatal> {
         (*nt).event.handler = Some(task_done);
         let sendfile = matches!(job, Job::Sendfile { .. });
         if sendfile {
-            hold_reads(c, ctx);
+            hold_reads(c.as_ptr(), ctx);
         }
         debug!(
-            (*c).log,
+            c.log(),
             "ktls thread: task #{} posted: {}",
             (*nt).id,
             if sendfile { "sendfile" } else { "read" }
@@ -650,23 +651,19 @@ unsafe fn post(c: *mut ngx_connection_t, task: *mut Task) -> Result<(), Fatal> {
 }
 
 /// Whether a task works for the connection, without posting one again.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn working(c: *mut ngx_connection_t) -> bool {
-    // SAFETY: forwarded from the caller.
-    unsafe { task_of(c).is_some_and(|task| (*ctx(task)).stage == Stage::Waiting) }
+pub fn working(c: Connection) -> bool {
+    // SAFETY: the handle's connection is live; its task, if any, lives as
+    // long as the connection's pool.
+    unsafe { task_of(c.as_ptr()).is_some_and(|task| (*ctx(task)).stage == Stage::Waiting) }
 }
 
 /// Whether a task works for the connection; one that the poster declined
 /// is posted again.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-pub unsafe fn busy(c: *mut ngx_connection_t) -> Result<bool, Fatal> {
-    // SAFETY: forwarded from the caller.
+pub fn busy(c: Connection) -> Result<bool, Fatal> {
+    // SAFETY: as for working(); a posted task's file belongs to a request
+    // that lives while the task's guard is armed.
     unsafe {
-        let Some(task) = task_of(c) else {
+        let Some(task) = task_of(c.as_ptr()) else {
             return Ok(false);
         };
         let ctx = ctx(task);
@@ -678,7 +675,7 @@ pub unsafe fn busy(c: *mut ngx_connection_t) -> Result<bool, Fatal> {
                 // Declined, and its request ended since: the frame it was
                 // for is gone with the stream.
                 debug!(
-                    (*c).log,
+                    c.log(),
                     "ktls thread: the request of an unposted task ended"
                 );
                 (*ctx).stage = Stage::Idle;
@@ -686,7 +683,7 @@ pub unsafe fn busy(c: *mut ngx_connection_t) -> Result<bool, Fatal> {
             }
             post(c, task)?;
         }
-        debug!((*c).log, "ktls thread: busy");
+        debug!(c.log(), "ktls thread: busy");
         Ok(true)
     }
 }
@@ -694,10 +691,10 @@ pub unsafe fn busy(c: *mut ngx_connection_t) -> Result<bool, Fatal> {
 /// Prepares a job on the connection's task and posts it.
 ///
 /// # Safety
-/// `c` must be a live TLS connection, `task` its task (from [`task_for`]),
-/// `file` a live file of one of its requests with a thread handler.
+/// `task` must be the connection's task (from [`task_for`]), `file` a live
+/// file of one of its requests with a thread handler.
 unsafe fn start(
-    c: *mut ngx_connection_t,
+    c: Connection,
     task: *mut Task,
     file: *mut ngx_file_t,
     buf: *mut ngx_buf_t,
@@ -706,7 +703,7 @@ unsafe fn start(
     // SAFETY: forwarded from the caller.
     unsafe {
         let ctx = ctx(task);
-        attach(c, task, file)?;
+        attach(c.as_ptr(), task, file)?;
         (*ctx).work.job = job;
         (*ctx).buf = buf;
         (*ctx).read_result = Ok(());
@@ -728,7 +725,7 @@ unsafe fn start(
 /// # Safety
 /// As for [`start`]; the parts lie inside the connection's TLS buffer.
 pub unsafe fn read(
-    c: *mut ngx_connection_t,
+    c: Connection,
     file: *mut ngx_file_t,
     base: *mut u8,
     parts: &[Part],
@@ -738,14 +735,14 @@ pub unsafe fn read(
         let fd = (*file).fd;
         let outcome = pread::read_parts(fd, base, parts, libc::RWF_NOWAIT);
         if outcome == Outcome::Read {
-            pread::report(c, file, parts, outcome)?;
+            pread::report(c.log(), file, parts, outcome)?;
             return Ok(Read::Done);
         }
         debug!(
-            (*c).log,
+            c.log(),
             "ktls thread: not all in the page cache ({:?}), reading in a thread", outcome
         );
-        let task = task_for(c)?;
+        let task = task_for(c.as_ptr())?;
         let ctx = ctx(task);
         let end = parts.iter().map(|p| p.at + p.len).max().unwrap_or(0);
         if (*ctx).scratch.len() < end {
@@ -767,12 +764,12 @@ pub unsafe fn read(
 /// the plan left room for it; before the send chain looks at the buffer.
 ///
 /// # Safety
-/// `c` must be a live TLS connection, `base` its TLS buffer with room for
-/// the parts, which nothing else refers to during the call.
-pub unsafe fn land(c: *mut ngx_connection_t, base: *mut u8) {
+/// `base` must be the connection's TLS buffer with room for the parts,
+/// which nothing else refers to during the call.
+pub unsafe fn land(c: Connection, base: *mut u8) {
     // SAFETY: forwarded from the caller; the parts lie inside both buffers.
     unsafe {
-        let Some(task) = task_of(c) else {
+        let Some(task) = task_of(c.as_ptr()) else {
             return;
         };
         let ctx = ctx(task);
@@ -837,22 +834,18 @@ unsafe fn release_stream(ctx: *mut Ctx) {
 /// # Safety
 /// As for [`start`]; `b` is the chain's head, a buffer in a file, and
 /// [`ssl::kernel_allowed`] holds.
-pub unsafe fn sendfile(
-    c: *mut ngx_connection_t,
-    b: *mut ngx_buf_t,
-    size: usize,
-) -> Result<Io, Fatal> {
+pub unsafe fn sendfile(c: Connection, b: *mut ngx_buf_t, size: usize) -> Result<Io, Fatal> {
     // SAFETY: forwarded from the caller.
     unsafe {
         let file = (*b).file;
-        debug!((*c).log, "SSL to sendfile: @{} {}", (*b).file_pos, size);
+        debug!(c.log(), "SSL to sendfile: @{} {}", (*b).file_pos, size);
         let job = Job::Sendfile {
-            socket: (*c).fd,
+            socket: c.fd(),
             fd: (*file).fd,
             offset: (*b).file_pos,
             size,
         };
-        start(c, task_for(c)?, file, b, job)?;
+        start(c, task_for(c.as_ptr())?, file, b, job)?;
         Ok(Io::Offloaded)
     }
 }
@@ -862,16 +855,12 @@ pub unsafe fn sendfile(
 /// completion).
 ///
 /// # Safety
-/// `c` must be a live TLS connection; `head` the chain the send path was
-/// called with.
-pub unsafe fn collect(
-    c: *mut ngx_connection_t,
-    head: *mut ngx_chain_t,
-) -> Result<Collected, Fatal> {
+/// `head` must be the chain the send path was called with.
+pub unsafe fn collect(c: Connection, head: *mut ngx_chain_t) -> Result<Collected, Fatal> {
     // SAFETY: forwarded from the caller; the context's buffer belongs to a
     // request that lives while its guard is armed.
     unsafe {
-        let Some(task) = task_of(c) else {
+        let Some(task) = task_of(c.as_ptr()) else {
             return Ok(Collected::Nothing);
         };
         let ctx = ctx(task);
@@ -887,7 +876,7 @@ pub unsafe fn collect(
                 // Its frame went with the stream, part of it on the wire.
                 log_error!(
                     NGX_LOG_INFO,
-                    (*c).log,
+                    c.log(),
                     "ktls thread: the stream ended while a thread sent its frame"
                 );
                 Err(Fatal)
@@ -898,7 +887,7 @@ pub unsafe fn collect(
             (_, finished) => {
                 log_error!(
                     NGX_LOG_ALERT,
-                    (*c).log,
+                    c.log(),
                     "ktls thread: task finished without a result ({:?})",
                     finished
                 );
@@ -915,7 +904,7 @@ pub unsafe fn collect(
 /// # Safety
 /// As for [`collect`].
 unsafe fn collect_sendfile(
-    c: *mut ngx_connection_t,
+    c: Connection,
     ctx: *mut Ctx,
     head: *mut ngx_chain_t,
     offset: i64,
@@ -926,14 +915,14 @@ unsafe fn collect_sendfile(
     // SAFETY: forwarded from the caller.
     unsafe {
         debug!(
-            (*c).log,
+            c.log(),
             "sendfile: {} (err: {}) of {} @{}", n, err, size, offset
         );
         if n < 0 {
             if err != libc::EAGAIN {
                 return Err(ssl::fail(c, SSL_ERROR_SYSCALL, err, c"sendfile() failed"));
             }
-            if (*(*c).write).complete() != 0 {
+            if (*c.write_event()).complete() != 0 {
                 // The socket was writable again before the task was done.
                 return Ok(Collected::Nothing);
             }
@@ -944,7 +933,7 @@ unsafe fn collect_sendfile(
         if head.is_null() || (*head).buf != b || (*b).file_pos != offset {
             log_error!(
                 NGX_LOG_ALERT,
-                (*c).log,
+                c.log(),
                 "ktls thread: the chain changed while a thread sent from it"
             );
             return Err(Fatal);
@@ -952,7 +941,7 @@ unsafe fn collect_sendfile(
         if n == 0 {
             return Err(ssl::sendfile_truncated(c, b, "sendfile"));
         }
-        debug!((*c).log, "SSL_sendfile: {}", n);
+        debug!(c.log(), "SSL_sendfile: {}", n);
         ssl::sendfile_sent(c, n as usize)?;
         Ok(Collected::Sent(n as u64))
     }

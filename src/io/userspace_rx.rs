@@ -24,6 +24,7 @@ use nginx_sys::{
 };
 
 use crate::decide::conf::KtlsRx;
+use crate::io::connection::Connection;
 use crate::io::ssl::SSL_OP_ENABLE_KTLS;
 use crate::io::{key_update, state};
 
@@ -62,20 +63,19 @@ pub fn init() -> Result<(), ()> {
     Ok(())
 }
 
-/// Puts the filter in front of the socket BIO `ssl` reads from, at the
-/// start of its first handshake.  Where no filter can be made the
+/// Puts the filter in front of the socket BIO the connection reads from, at
+/// the start of its first handshake.  Where no filter can be made the
 /// connection goes on as OpenSSL sets it up.
-///
-/// # Safety
-/// `c` must be the live connection of `ssl`, before its handshake's keys.
-pub unsafe fn install(c: *mut ngx_connection_t, ssl: *mut SSL) {
+pub fn install(c: Connection) {
     let method = METHOD.load(Ordering::Relaxed);
     if method.is_null() {
         return;
     }
-    // SAFETY: ssl is live; the new BIO takes a reference to the socket BIO
-    // and SSL_set0_rbio() gives up the SSL's own read reference to it, so
-    // the write BIO (the same socket BIO) keeps its own.
+    let ssl = c.ssl();
+    // SAFETY: the handle's OpenSSL object is live; the new BIO takes a
+    // reference to the socket BIO and SSL_set0_rbio() gives up the SSL's
+    // own read reference to it, so the write BIO (the same socket BIO)
+    // keeps its own.
     unsafe {
         let socket = SSL_get_rbio(ssl);
         if socket.is_null() || BIO_method_type(socket) == FILTER_TYPE.load(Ordering::Relaxed) {
@@ -83,7 +83,7 @@ pub unsafe fn install(c: *mut ngx_connection_t, ssl: *mut SSL) {
         }
         let filter = BIO_new(method);
         if filter.is_null() {
-            debug!((*c).log, "ktls_rx: BIO_new() failed, OpenSSL decides");
+            debug!(c.log(), "ktls_rx: BIO_new() failed, OpenSSL decides");
             return;
         }
         BIO_set_data(filter, ssl.cast::<c_void>());
@@ -91,8 +91,8 @@ pub unsafe fn install(c: *mut ngx_connection_t, ssl: *mut SSL) {
         BIO_up_ref(socket);
         BIO_push(filter, socket);
         SSL_set0_rbio(ssl, filter);
-        debug!((*c).log, "ktls_rx: read BIO filter in front of the socket");
     }
+    debug!(c.log(), "ktls_rx: read BIO filter in front of the socket");
 }
 
 /// Whether the connection of `ssl` is to decrypt in userspace: its server
@@ -140,21 +140,17 @@ unsafe fn userspace_by_conf(ssl: *mut SSL) -> Option<KtlsRx> {
 /// the old one had read past the KeyUpdate.  Without `Options KTLS` they
 /// take their own layer at once; a new sending key could then not reach
 /// the kernel, which [`crate::io::key_update`] checks before every write.
-///
-/// # Safety
-/// `ssl` must be a live OpenSSL connection.
-pub unsafe fn keep_key_updates_in_userspace(c: *mut ngx_connection_t, ssl: *mut SSL) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        if userspace_by_conf(ssl).is_none() {
-            return;
-        }
-        SSL_clear_options(ssl, SSL_OP_ENABLE_KTLS);
-        debug!(
-            (*c).log,
-            "ktls_rx: KTLS option cleared, later keys stay in userspace"
-        );
+pub fn keep_key_updates_in_userspace(c: Connection) {
+    // SAFETY: the handle's OpenSSL object is live.
+    if unsafe { userspace_by_conf(c.ssl()) }.is_none() {
+        return;
     }
+    // SAFETY: as above.
+    unsafe { SSL_clear_options(c.ssl(), SSL_OP_ENABLE_KTLS) };
+    debug!(
+        c.log(),
+        "ktls_rx: KTLS option cleared, later keys stay in userspace"
+    );
 }
 
 /// Runs `io` on the socket BIO behind the filter `b` and gives `b` its

@@ -1,20 +1,20 @@
 //! The send-chain algorithm's view of an nginx chain and TLS connection.
 
 use nginx_sys::{
-    ngx_buf_t, ngx_chain_coalesce_file, ngx_chain_t, ngx_chain_update_sent, ngx_connection_t,
-    ngx_file_t,
+    ngx_buf_t, ngx_chain_coalesce_file, ngx_chain_t, ngx_chain_update_sent, ngx_file_t,
 };
 
 use crate::decide::plan::{Chain, Collected, Fatal, Head, Io, Kind, Piped, Read, Transport};
+use crate::io::connection::Connection;
 use crate::io::pread::{self, Part, MAX_PARTS};
 #[cfg(ngx_feature = "threads")]
 use crate::io::thread;
 use crate::io::{splice, ssl};
 
 /// An `ngx_chain_t` being sent on connection `c`.
-pub struct NgxChain {
+pub struct NgxChain<'a> {
     pub head: *mut ngx_chain_t,
-    pub c: *mut ngx_connection_t,
+    c: Connection<'a>,
     /// File parts waiting for finish_reads(), all of `file`: a batch is one
     /// file, so that a thread reading it holds only that file's request.
     file: *mut ngx_file_t,
@@ -22,8 +22,8 @@ pub struct NgxChain {
     nparts: usize,
 }
 
-impl NgxChain {
-    pub fn new(head: *mut ngx_chain_t, c: *mut ngx_connection_t) -> Self {
+impl<'a> NgxChain<'a> {
+    pub fn new(head: *mut ngx_chain_t, c: Connection<'a>) -> Self {
         NgxChain {
             head,
             c,
@@ -51,7 +51,7 @@ impl NgxChain {
     }
 }
 
-impl Chain for NgxChain {
+impl Chain for NgxChain<'_> {
     fn head(&self) -> Option<Head> {
         if self.head.is_null() {
             return None;
@@ -87,10 +87,10 @@ impl Chain for NgxChain {
     }
 
     fn copy_memory(&mut self, dst: &mut [u8]) {
+        debug!(self.c.log(), "SSL buf copy: {}", dst.len());
         // SAFETY: the plan asks for at most the head's size, which is in
         // memory at pos..last.
         let done = unsafe {
-            debug!((*self.c).log, "SSL buf copy: {}", dst.len());
             let b = &mut *self.buf();
             core::ptr::copy_nonoverlapping(b.pos, dst.as_mut_ptr(), dst.len());
             b.pos = b.pos.add(dst.len());
@@ -110,7 +110,7 @@ impl Chain for NgxChain {
         // SAFETY: as above.
         let done = unsafe {
             let b = &mut *self.buf();
-            debug!((*self.c).log, "SSL buf read: @{} {}", b.file_pos, len);
+            debug!(self.c.log(), "SSL buf read: @{} {}", b.file_pos, len);
             if len > 0 {
                 self.file = file;
                 self.parts[self.nparts] = Part {
@@ -142,7 +142,7 @@ impl Chain for NgxChain {
                 return thread::read(self.c, self.file, base, parts);
             }
             let outcome = pread::read_parts((*self.file).fd, base, parts, 0);
-            pread::report(self.c, self.file, parts, outcome)?;
+            pread::report(self.c.log(), self.file, parts, outcome)?;
         }
         Ok(Read::Done)
     }
@@ -160,16 +160,14 @@ impl Chain for NgxChain {
 }
 
 /// The TLS connection the chain goes to.
-pub struct Tls {
-    pub c: *mut ngx_connection_t,
+pub struct Tls<'a> {
+    pub c: Connection<'a>,
 }
 
-impl Transport<NgxChain> for Tls {
+impl<'a> Transport<NgxChain<'a>> for Tls<'a> {
     #[cfg(ngx_feature = "threads")]
     fn busy(&mut self) -> Result<bool, Fatal> {
-        // SAFETY: the connection is a live TLS connection while its send
-        // chain runs.
-        unsafe { thread::busy(self.c) }
+        thread::busy(self.c)
     }
 
     #[cfg(not(ngx_feature = "threads"))]
@@ -179,7 +177,7 @@ impl Transport<NgxChain> for Tls {
 
     #[cfg(ngx_feature = "threads")]
     fn collect(&mut self, chain: &NgxChain) -> Result<Collected, Fatal> {
-        // SAFETY: as above; a posted sendfile's buffer is still the head.
+        // SAFETY: the chain is the one the send path was called with.
         unsafe { thread::collect(self.c, chain.head) }
     }
 
@@ -189,23 +187,21 @@ impl Transport<NgxChain> for Tls {
     }
 
     fn kernel_allowed(&mut self) -> bool {
-        // SAFETY: the connection is a live TLS connection while its send
-        // chain runs.
-        unsafe { ssl::kernel_allowed(self.c) }
+        ssl::kernel_allowed(self.c)
     }
 
     fn write(&mut self, data: &[u8]) -> Result<Io, Fatal> {
-        // SAFETY: as above.
-        unsafe { ssl::write(self.c, data) }
+        ssl::write(self.c, data)
     }
 
     fn write_kernel(&mut self, data: &[u8], more: bool) -> Result<Io, Fatal> {
-        // SAFETY: as above.
-        unsafe { ssl::write_kernel(self.c, data, more) }
+        ssl::write_kernel(self.c, data, more)
     }
 
     fn sendfile(&mut self, chain: &NgxChain, len: usize) -> Result<Io, Fatal> {
-        // SAFETY: as above; the head is a file buffer.
+        // SAFETY: the plan sends a file run from the head, a file buffer of
+        // the chain the send path was called with, and only while
+        // kernel_allowed() holds.
         unsafe {
             let b = (*chain.head).buf;
             #[cfg(ngx_feature = "threads")]
@@ -220,7 +216,7 @@ impl Transport<NgxChain> for Tls {
         if !splice::enabled() {
             return false;
         }
-        // SAFETY: as above; the head is a file buffer.
+        // SAFETY: the plan pipes a file run from the head, a file buffer.
         unsafe {
             #[cfg(ngx_feature = "threads")]
             {
@@ -231,7 +227,7 @@ impl Transport<NgxChain> for Tls {
                     && !splice::cached((*(*b).file).fd, (*b).file_pos, len)
                 {
                     debug!(
-                        (*self.c).log,
+                        self.c.log(),
                         "splice: @{} {} not in the page cache",
                         (*b).file_pos,
                         len
@@ -241,27 +237,25 @@ impl Transport<NgxChain> for Tls {
             }
             #[cfg(not(ngx_feature = "threads"))]
             let _ = (chain, len);
-            splice::pipe_of(self.c).is_some()
         }
+        splice::hold_pipe(self.c)
     }
 
     fn piped(&self) -> usize {
-        // SAFETY: as above.
-        unsafe { splice::pending((*(*self.c).ssl).connection) }
+        splice::pending(self.c)
     }
 
     fn pipe_memory(&mut self, data: &[u8]) -> Result<Io, Fatal> {
-        // SAFETY: as above.
-        unsafe { splice::fill_memory(self.c, data) }
+        splice::fill_memory(self.c, data)
     }
 
     fn pipe_file(&mut self, chain: &NgxChain, len: usize) -> Result<Piped, Fatal> {
-        // SAFETY: as above; the head is a file buffer.
+        // SAFETY: the plan pipes a file run from the head, a file buffer of
+        // the chain the send path was called with.
         unsafe { splice::fill_file(self.c, (*chain.head).buf, len) }
     }
 
     fn drain_pipe(&mut self, more: bool) -> Result<Io, Fatal> {
-        // SAFETY: as above.
-        unsafe { splice::drain(self.c, more) }
+        splice::drain(self.c, more)
     }
 }

@@ -12,7 +12,8 @@ use nginx_sys::{
 
 use crate::decide::conf::ServerConf;
 use crate::decide::plan::{self, Fatal, Io, SendBuf};
-use crate::io::{kernel, key_update, splice, ssl, state};
+use crate::io::connection::Connection;
+use crate::io::{kernel, key_update, splice, ssl};
 use crate::nginx::chain::{NgxChain, Tls};
 
 /// `NGX_CHAIN_ERROR`.
@@ -41,54 +42,70 @@ unsafe fn transport_connection(r: *mut ngx_http_request_t) -> *mut ngx_connectio
 /// # Safety
 /// `r` must be a live request.
 pub unsafe fn take_over(r: *mut ngx_http_request_t, conf: &ServerConf) {
-    // SAFETY: the request, its connection and c->ssl are live.
-    unsafe {
-        let c = transport_connection(r);
-        let ssl = (*c).ssl;
-        // Only nginx's own buffered TLS send path is replaced: not QUIC,
-        // not a connection already taken over, not an unbuffered one.
-        if ssl.is_null()
-            || (*c).send_chain.map(|f| f as *const ()) != Some(ngx_ssl_send_chain as *const ())
-            || (*ssl).buffer() == 0
-        {
-            return;
-        }
+    // SAFETY: the request and its transport connection are live while the
+    // header filter runs on it.
+    let Some(c) = (unsafe { Connection::from_raw(transport_connection(r)) }) else {
+        return;
+    };
+    // SAFETY: as above; c->ssl is set (from_raw()).
+    let raw = unsafe { &mut *c.as_ptr() };
+    // Only nginx's own buffered TLS send path is replaced: not QUIC, not a
+    // connection already taken over, not an unbuffered one.
+    // SAFETY: c->ssl is live (from_raw()).
+    let buffered_tls = unsafe { (*c.ngx_ssl()).buffer() } != 0;
+    if raw.send_chain.map(|f| f as *const ()) != Some(ngx_ssl_send_chain as *const ())
+        || !buffered_tls
+    {
+        return;
+    }
+    // SAFETY: as above.
+    let buffered = unsafe { zero_buffer_tail(c) };
+    let sendfile_min = conf.sendfile_min as u64;
+    let splice = conf.splice == 1;
+    if !c.attach_state(sendfile_min, splice, buffered) {
+        // Nothing is lost: nginx's own path stays in place.
+        debug!(
+            c.log(),
+            "ktls: no memory for connection state, not taking over"
+        );
+        return;
+    }
 
-        // Bytes nginx's path left buffered may be half-offered to OpenSSL
-        // (HTTP/2's first frames go out before any response).
-        let buf = (*ssl).buf;
-        let buffered = !buf.is_null() && (*buf).pos < (*buf).last;
-        if !buf.is_null() && !(*buf).start.is_null() {
-            // nginx allocated it uninitialised: what follows the buffered
-            // bytes becomes initialised before Rust sees it as bytes.
+    raw.send_chain = Some(send_chain);
+    if raw.send.map(|f| f as *const ()) == Some(ngx_ssl_write as *const ()) {
+        raw.send = Some(send);
+    }
+
+    debug!(
+        c.log(),
+        "ktls: send chain taken over, BIO_get_ktls_send(): {}",
+        c.ktls_send() as u8
+    );
+
+    if kernel::available() && ssl::ktls_refused(c) {
+        report_ktls_refused(c);
+    }
+}
+
+/// Whether nginx's own path left bytes in the TLS buffer, which may be
+/// half-offered to OpenSSL (HTTP/2's first frames go out before any
+/// response).  nginx allocated the buffer uninitialised: what follows the
+/// buffered bytes is zeroed before Rust sees it as bytes.
+///
+/// # Safety
+/// `c->ssl->buf`, when set, must be the connection's TLS buffer.
+unsafe fn zero_buffer_tail(c: Connection) -> bool {
+    // SAFETY: the caller's promise; start..end is the buffer's memory.
+    unsafe {
+        let buf = (*c.ngx_ssl()).buf;
+        if buf.is_null() {
+            return false;
+        }
+        if !(*buf).start.is_null() {
             let last = (*buf).last;
             ptr::write_bytes(last, 0, (*buf).end.offset_from(last) as usize);
         }
-        let sendfile_min = conf.sendfile_min as u64;
-        let splice = conf.splice == 1;
-        if state::attach((*ssl).connection, (*c).pool, sendfile_min, splice, buffered).is_err() {
-            // Nothing is lost: nginx's own path stays in place.
-            debug!(
-                (*c).log,
-                "ktls: no memory for connection state, not taking over"
-            );
-            return;
-        }
-
-        (*c).send_chain = Some(send_chain);
-        if (*c).send.map(|f| f as *const ()) == Some(ngx_ssl_write as *const ()) {
-            (*c).send = Some(send);
-        }
-
-        debug!(
-            (*c).log,
-            "ktls: send chain taken over, BIO_get_ktls_send(): {}",
-            ssl::ktls_send((*ssl).connection) as u8
-        );
-
-        if kernel::available() && ssl::ktls_refused((*ssl).connection) {
-            report_ktls_refused(c);
-        }
+        (*buf).pos < (*buf).last
     }
 }
 
@@ -98,37 +115,42 @@ static REFUSED_REPORTED: AtomicBool = AtomicBool::new(false);
 /// Says once per worker that a connection asked OpenSSL for kTLS on a
 /// kernel that has it, and did not get it: otherwise that fallback is
 /// silent, and only `$ktls_tx` would show it.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-unsafe fn report_ktls_refused(c: *mut ngx_connection_t) {
+fn report_ktls_refused(c: Connection) {
     if REFUSED_REPORTED.swap(true, Ordering::Relaxed) {
         return;
     }
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        log_error!(
-            NGX_LOG_NOTICE,
-            (*c).log,
-            "ktls: OpenSSL did not enable kernel TLS for {} although \"ssl_conf_command \
-             Options KTLS\" is set (kTLS takes AES-GCM, and ChaCha20-Poly1305 on Linux \
-             5.11+, without max_fragment_length or record padding); $ktls_tx shows which \
-             connections use it; reported once per worker",
-            ssl::describe((*(*c).ssl).connection)
-        );
-    }
+    log_error!(
+        NGX_LOG_NOTICE,
+        c.log(),
+        "ktls: OpenSSL did not enable kernel TLS for {} although \"ssl_conf_command \
+         Options KTLS\" is set (kTLS takes AES-GCM, and ChaCha20-Poly1305 on Linux \
+         5.11+, without max_fragment_length or record padding); $ktls_tx shows which \
+         connections use it; reported once per worker",
+        ssl::describe(c)
+    );
 }
 
 /// Whether a thread task works for `c` (`aio threads`).
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-unsafe fn task_working(c: *mut ngx_connection_t) -> bool {
+fn task_working(c: Connection) -> bool {
     #[cfg(ngx_feature = "threads")]
-    // SAFETY: forwarded from the caller.
-    return unsafe { crate::io::thread::working(c) };
+    return crate::io::thread::working(c);
     #[cfg(not(ngx_feature = "threads"))]
-    false
+    {
+        let _ = c;
+        false
+    }
+}
+
+/// Whether a thread task works for `c`; one that the poster declined is
+/// posted again.
+fn task_busy(c: Connection) -> Result<bool, Fatal> {
+    #[cfg(ngx_feature = "threads")]
+    return crate::io::thread::busy(c);
+    #[cfg(not(ngx_feature = "threads"))]
+    {
+        let _ = c;
+        Ok(false)
+    }
 }
 
 /// `c->send` on a taken-over connection: one `SSL_write()`.
@@ -136,45 +158,38 @@ unsafe extern "C" fn send(c: *mut ngx_connection_t, buf: *mut u_char, size: usiz
     if size == 0 {
         return 0;
     }
-    #[cfg(ngx_feature = "threads")]
-    // SAFETY: nginx passes a live TLS connection.
-    match unsafe { crate::io::thread::busy(c) } {
-        Ok(false) => {}
-        Ok(true) => return NGX_AGAIN as isize,
-        Err(Fatal) => return NGX_ERROR as isize,
-    }
-    // SAFETY: nginx passes a live TLS connection.
-    if unsafe { key_update::check(c) }.is_err() {
+    // SAFETY: nginx passes a live TLS connection, in its handler.
+    let Some(c) = (unsafe { Connection::from_raw(c) }) else {
         return NGX_ERROR as isize;
-    }
-    // Bytes in the pipe were sent before these.
-    // SAFETY: as above.
-    match unsafe { drain_pipe(c) } {
-        Ok(true) => {}
-        Ok(false) => return NGX_AGAIN as isize,
-        Err(Fatal) => return NGX_ERROR as isize,
-    }
-    // SAFETY: nginx passes a live TLS connection and size readable bytes.
-    match unsafe { ssl::write(c, core::slice::from_raw_parts(buf, size)) } {
+    };
+    // SAFETY: nginx passes size readable bytes.
+    let data = unsafe { core::slice::from_raw_parts(buf, size) };
+    match send_memory(c, data) {
         Ok(Io::Sent(n)) => n as isize,
         Ok(Io::Again | Io::Offloaded) => NGX_AGAIN as isize,
         Err(Fatal) => NGX_ERROR as isize,
     }
 }
 
-/// Sends what the connection's pipe holds; whether it is empty now.
-///
-/// # Safety
-/// `c` must be a live TLS connection.
-unsafe fn drain_pipe(c: *mut ngx_connection_t) -> Result<bool, Fatal> {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        let ssl = (*(*c).ssl).connection;
-        if splice::pending(ssl) > 0 {
-            splice::drain(c, false)?;
-        }
-        Ok(splice::pending(ssl) == 0)
+/// What `c->send` does: nothing while a thread works, nothing with a
+/// stale key, and the pipe's bytes first, which were sent before these.
+fn send_memory(c: Connection, data: &[u8]) -> Result<Io, Fatal> {
+    if task_busy(c)? {
+        return Ok(Io::Again);
     }
+    key_update::check(c)?;
+    if !drain_pipe(c)? {
+        return Ok(Io::Again);
+    }
+    ssl::write(c, data)
+}
+
+/// Sends what the connection's pipe holds; whether it is empty now.
+fn drain_pipe(c: Connection) -> Result<bool, Fatal> {
+    if splice::pending(c) > 0 {
+        splice::drain(c, false)?;
+    }
+    Ok(splice::pending(c) == 0)
 }
 
 /// `c->send_chain` on a taken-over connection (`ngx_ssl_send_chain()`).
@@ -183,22 +198,41 @@ unsafe extern "C" fn send_chain(
     in_: *mut ngx_chain_t,
     limit: off_t,
 ) -> *mut ngx_chain_t {
-    // SAFETY: nginx passes a live TLS connection and chain; the TLS buffer
-    // is the connection's, allocated from its pool as nginx does.
-    unsafe {
-        // While a thread task works nothing is written, and the connection
-        // must not end under it: the next call checks.
-        if !task_working(c) && key_update::check(c).is_err() {
-            return CHAIN_ERROR;
-        }
-        let ssl = (*c).ssl;
-        let size = (*ssl).buffer_size;
+    // SAFETY: nginx passes a live TLS connection, in its handler.
+    let Some(c) = (unsafe { Connection::from_raw(c) }) else {
+        return CHAIN_ERROR;
+    };
+    // While a thread task works nothing is written, and the connection
+    // must not end under it: the next call checks.
+    if !task_working(c) && key_update::check(c).is_err() {
+        return CHAIN_ERROR;
+    }
+    // SAFETY: the TLS buffer is the connection's, allocated from its pool
+    // as nginx does.
+    let Some(b) = (unsafe { tls_buffer(c) }) else {
+        return CHAIN_ERROR;
+    };
+    // SAFETY: nginx passes a live chain; the buffer is the connection's,
+    // initialised start..end, and nothing else refers to it meanwhile.
+    unsafe { send_buffered(c, b, in_, limit) }
+}
 
+/// The connection's TLS buffer, allocated on first use as nginx's
+/// `ngx_ssl_send_chain()` allocates it.
+///
+/// # Safety
+/// `c->ssl->buf`, when set, must be the connection's TLS buffer.
+unsafe fn tls_buffer(c: Connection) -> Option<*mut ngx_buf_t> {
+    // SAFETY: the caller's promise; the allocations are the connection's
+    // pool's.
+    unsafe {
+        let ssl = c.ngx_ssl();
+        let size = (*ssl).buffer_size;
         let mut b = (*ssl).buf;
         if b.is_null() {
-            b = ngx_pcalloc((*c).pool, core::mem::size_of::<ngx_buf_t>()).cast::<ngx_buf_t>();
+            b = ngx_pcalloc(c.pool(), core::mem::size_of::<ngx_buf_t>()).cast::<ngx_buf_t>();
             if b.is_null() {
-                return CHAIN_ERROR;
+                return None;
             }
             (*b).set_temporary(1);
             (*ssl).buf = b;
@@ -207,16 +241,33 @@ unsafe extern "C" fn send_chain(
             // First use, or ngx_ssl_free_buffer() released it while the
             // connection idled.  Zeroed: the buffer is handed to Rust as
             // initialised bytes.
-            let start = ngx_pcalloc((*c).pool, size).cast::<u_char>();
+            let start = ngx_pcalloc(c.pool(), size).cast::<u_char>();
             if start.is_null() {
-                return CHAIN_ERROR;
+                return None;
             }
             (*b).start = start;
             (*b).pos = start;
             (*b).last = start;
             (*b).end = start.add(size);
         }
+        Some(b)
+    }
+}
 
+/// Runs the plan over `in_` with the TLS buffer `b`, and gives nginx the
+/// rest of the chain.
+///
+/// # Safety
+/// `in_` must be a live chain, `b` the connection's TLS buffer, initialised
+/// from start to end, which nothing else refers to during the call.
+unsafe fn send_buffered(
+    c: Connection,
+    b: *mut ngx_buf_t,
+    in_: *mut ngx_chain_t,
+    limit: off_t,
+) -> *mut ngx_chain_t {
+    // SAFETY: the caller's promise.
+    unsafe {
         let start = (*b).start;
         #[cfg(ngx_feature = "threads")]
         crate::io::thread::land(c, start);
@@ -229,7 +280,7 @@ unsafe extern "C" fn send_chain(
         let mut chain = NgxChain::new(in_, c);
         let limit = plan::effective_limit(limit, ngx_pagesize as u64);
 
-        let sendfile_min = state::get((*ssl).connection).map_or(0, |s| s.sendfile_min);
+        let sendfile_min = c.state().map_or(0, |s| s.sendfile_min);
         let result = plan::send_chain(&mut chain, &mut buf, &mut Tls { c }, limit, sendfile_min);
 
         (*b).pos = start.add(buf.pos);
@@ -237,9 +288,10 @@ unsafe extern "C" fn send_chain(
         (*b).set_flush(buf.flush as u32);
         splice::release_if_empty(c);
 
+        let raw = c.as_ptr();
         match result {
-            Ok(true) => (*c).set_buffered((*c).buffered() | NGX_SSL_BUFFERED),
-            Ok(false) => (*c).set_buffered((*c).buffered() & !NGX_SSL_BUFFERED),
+            Ok(true) => (*raw).set_buffered((*raw).buffered() | NGX_SSL_BUFFERED),
+            Ok(false) => (*raw).set_buffered((*raw).buffered() & !NGX_SSL_BUFFERED),
             Err(Fatal) => return CHAIN_ERROR,
         }
 

@@ -9,7 +9,8 @@ use nginx_sys::{
 use ngx::core::Status;
 use ngx::ngx_string;
 
-use crate::io::{ssl, state};
+use crate::io::connection::Connection;
+use crate::io::state;
 
 type Getter = unsafe extern "C" fn(
     *mut ngx_http_request_t,
@@ -64,15 +65,14 @@ fn set_found(v: &mut ngx_http_variable_value_t, data: *mut u8, len: usize) {
 unsafe fn flag(
     r: *mut ngx_http_request_t,
     v: *mut ngx_http_variable_value_t,
-    active: unsafe fn(*mut nginx_sys::SSL) -> bool,
+    active: fn(Connection<'_>) -> bool,
 ) -> ngx_int_t {
     // SAFETY: a request's connection is live while its variables are read;
     // HTTP/2 stream connections share the TLS connection's c->ssl.
-    unsafe {
-        let ssl = (*(*r).connection).ssl;
-        let on = !ssl.is_null() && active((*ssl).connection);
-        set_static(&mut *v, if on { b"1" } else { b"0" });
-    }
+    let c = unsafe { Connection::from_raw((*r).connection) };
+    let on = c.is_some_and(active);
+    // SAFETY: nginx passes the variable's value to fill in.
+    set_static(unsafe { &mut *v }, if on { b"1" } else { b"0" });
     Status::NGX_OK.into()
 }
 
@@ -82,7 +82,7 @@ unsafe extern "C" fn ktls_tx(
     _data: usize,
 ) -> ngx_int_t {
     // SAFETY: called by nginx as a variable handler.
-    unsafe { flag(r, v, ssl::ktls_send) }
+    unsafe { flag(r, v, |c| c.ktls_send()) }
 }
 
 unsafe extern "C" fn ktls_rx(
@@ -91,7 +91,7 @@ unsafe extern "C" fn ktls_rx(
     _data: usize,
 ) -> ngx_int_t {
     // SAFETY: called by nginx as a variable handler.
-    unsafe { flag(r, v, ssl::ktls_recv) }
+    unsafe { flag(r, v, |c| c.ktls_recv()) }
 }
 
 /// Bytes the module has sent with `SSL_sendfile()` on this connection; not
@@ -103,7 +103,7 @@ unsafe extern "C" fn ktls_sendfile_bytes(
     _data: usize,
 ) -> ngx_int_t {
     // SAFETY: as in flag().
-    unsafe { counter(r, v, |s| s.sendfile_bytes) }
+    unsafe { counter(r, v, |s| s.sendfile_bytes.get()) }
 }
 
 /// File bytes the module has spliced from the page cache towards the socket
@@ -114,7 +114,7 @@ unsafe extern "C" fn ktls_splice_bytes(
     _data: usize,
 ) -> ngx_int_t {
     // SAFETY: as in flag().
-    unsafe { counter(r, v, |s| s.splice_bytes) }
+    unsafe { counter(r, v, |s| s.splice_bytes.get()) }
 }
 
 /// Sets `v` to a counter of the connection's state, in decimal.
@@ -129,12 +129,7 @@ unsafe fn counter(
     // SAFETY: as in flag(); the value is allocated in the request's pool.
     unsafe {
         let v = &mut *v;
-        let ssl = (*(*r).connection).ssl;
-        let state = if ssl.is_null() {
-            None
-        } else {
-            state::get((*ssl).connection)
-        };
+        let state = Connection::from_raw((*r).connection).and_then(Connection::state);
         let Some(state) = state else {
             v.set_not_found(1);
             return Status::NGX_OK.into();
