@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts in scripts/: package installation and the build.
 # Sourced, not run.
 
@@ -9,8 +10,8 @@ KTLS_OUT="$REPO/target/ktls"
 # the upload tests a way to store what nginx received.
 export NGX_CONFIGURE_ARGS="${NGX_CONFIGURE_ARGS:---with-debug --with-http_dav_module}"
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib/log.sh
+. "$REPO/scripts/lib/log.sh"
 
 # Installs the Debian packages that are not installed yet.
 ensure_packages() {
