@@ -19,6 +19,8 @@ readonly port=8443
 log_name=package-serve
 # shellcheck source=scripts/lib/log.sh
 . "$(dirname "${BASH_SOURCE[0]}")/log.sh"
+# shellcheck source=scripts/lib/nginx-conf.sh
+. "$(dirname "${BASH_SOURCE[0]}")/nginx-conf.sh"
 
 mount_tree() {
     mount -t proc proc "$root/proc"
@@ -35,8 +37,7 @@ write_site() {
     mkdir -p "$w/html" "$w/tmp"
     head -c 1048576 /dev/urandom >"$w/html/1m.bin"
     echo ok >"$w/html/index.html"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
-        -keyout "$w/key.pem" -out "$w/cert.pem" 2>/dev/null
+    write_localhost_cert "$w/key.pem" "$w/cert.pem" 1
     chmod -R a+rX "$w"
     cat >"$w/nginx.conf" <<CONF
 user www-data;
@@ -49,11 +50,7 @@ events {}
 http {
     log_format ktls '"\$request" \$status \$body_bytes_sent proto=\$server_protocol tx=\$ktls_tx sendfile=\$ktls_sendfile_bytes splice=\$ktls_splice_bytes';
     access_log $work/access.log ktls;
-    client_body_temp_path $work/tmp/body;
-    proxy_temp_path $work/tmp/proxy;
-    fastcgi_temp_path $work/tmp/fastcgi;
-    uwsgi_temp_path $work/tmp/uwsgi;
-    scgi_temp_path $work/tmp/scgi;
+$(nginx_temp_paths "$work/tmp")
     sendfile on;
     server {
         listen 127.0.0.1:$port ssl;
