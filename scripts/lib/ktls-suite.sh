@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2154 # all_ktls_lanes and san_out come from common.sh and sanitize.sh, sourced first
 # The end-to-end suite under kernel TLS (scripts/ktls-vm), per Debian
 # lane of the table in common.sh (ktls_lane_table). Sourced, not run, after
 # common.sh and sanitize.sh; uses KTLS_NGINX, KTLS_MODULE and
