@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts in scripts/: package installation and the build.
 # Sourced, not run.
 
@@ -9,8 +10,8 @@ KTLS_OUT="$REPO/target/ktls"
 # the upload tests a way to store what nginx received.
 export NGX_CONFIGURE_ARGS="${NGX_CONFIGURE_ARGS:---with-debug --with-http_dav_module}"
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib/log.sh
+. "$REPO/scripts/lib/log.sh"
 
 # Installs the Debian packages that are not installed yet.
 ensure_packages() {
@@ -117,18 +118,52 @@ uml_boots() {
     KTLS_VM_TIMEOUT=60 "$REPO/scripts/ktls-vm" --release "$1" /bin/true >/dev/null 2>&1
 }
 
-# The kTLS lanes: bookworm with the vendored nginx 1.28 and with its own
-# 1.22, trixie's and sid's own nginx, and the sanitizer build under sid's
-# kernel. Every one runs unless KTLS_LANES names the ones to run
+# The kTLS lanes, one a row: its name, the Debian release whose User-Mode
+# Linux kernel and userland it runs under, the nginx it runs and the module
+# that nginx loads (vendored: the nginx 1.28 build of target/ktls/;
+# debian: the release's /usr/sbin/nginx and the module built for it;
+# sanitize: the sanitizer build of scripts/lib/sanitize.sh), and whether
+# sanitizer reports fail it. The sanitizer build runs only under sid's
+# kernel, the one kTLS kernel here whose processes have the 47-bit address
+# space that ASan's shadow memory needs (Debian 12's and 13's UML give theirs
+# 39 bits). Every lane runs unless KTLS_LANES names the ones to run
 # (KTLS_LANES="sid trixie"); a lane that cannot run fails, one left out on
 # request is said so.
-readonly all_ktls_lanes="sid-sanitize bookworm-vendored bookworm-debian trixie sid"
+readonly ktls_lane_table="
+sid-sanitize       sid       sanitize  sanitize  yes
+bookworm-vendored  bookworm  vendored  vendored  no
+bookworm-debian    bookworm  debian    debian    no
+trixie             trixie    debian    debian    no
+sid                sid       debian    debian    no
+"
+
+# The lanes' names, in the table's order, as one line.
+ktls_lane_names() {
+    local lane names=()
+    while read -r lane _; do
+        [[ -z $lane ]] || names+=("$lane")
+    done <<<"$ktls_lane_table"
+    echo "${names[*]}"
+}
+
+all_ktls_lanes=$(ktls_lane_names)
+readonly all_ktls_lanes
+
+# LANE's row without its name: release, nginx, module, sanitizer. Fails for
+# a name that is not a lane.
+ktls_lane_row() {
+    local lane row
+    while read -r lane row; do
+        [[ $lane == "$1" ]] && echo "$row" && return 0
+    done <<<"$ktls_lane_table"
+    return 1
+}
 
 # Dies unless every name in KTLS_LANES is a lane.
 check_ktls_lanes() {
     local lane
     for lane in ${KTLS_LANES:-}; do
-        [[ " $all_ktls_lanes " == *" $lane "* ]] ||
+        ktls_lane_row "$lane" >/dev/null ||
             die "KTLS_LANES: no lane $lane (lanes: $all_ktls_lanes)"
     done
 }
@@ -140,9 +175,10 @@ ktls_lane_wanted() {
 
 # Whether release R has a lane that runs.
 ktls_release_wanted() {
-    local lane
+    local lane release
     for lane in $all_ktls_lanes; do
-        [[ $lane == "$1" || $lane == "$1"-* ]] && ktls_lane_wanted "$lane" && return 0
+        read -r release _ <<<"$(ktls_lane_row "$lane")"
+        [[ $release == "$1" ]] && ktls_lane_wanted "$lane" && return 0
     done
     return 1
 }

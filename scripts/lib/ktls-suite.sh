@@ -1,7 +1,9 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2154 # all_ktls_lanes and san_out come from common.sh and sanitize.sh, sourced first
 # The end-to-end suite under kernel TLS (scripts/ktls-vm), per Debian
-# release and nginx binary. Sourced, not run; uses the caller's log, die,
-# REPO, KTLS_OUT and the KTLS_NGINX, KTLS_MODULE and KTLS_DEBIAN_MODULE of
-# the vendored and Debian 12 builds.
+# lane of the table in common.sh (ktls_lane_table). Sourced, not run, after
+# common.sh and sanitize.sh; uses KTLS_NGINX, KTLS_MODULE and
+# KTLS_DEBIAN_MODULE of the vendored and Debian 12 builds.
 
 # Where the kTLS runs write their output, one file per run and binary.
 test_logs=$REPO/target/test-logs
@@ -15,7 +17,7 @@ run_ktls_lanes() {
     check_ktls_lanes
     [[ $jobs =~ ^[1-9][0-9]*$ ]] || die "KTLS_LANE_JOBS must be a positive number"
     mkdir -p "$test_logs"
-    if ktls_lane_wanted sid-sanitize; then build_sanitized; fi
+    if sanitizer_lane_wanted; then build_sanitized; fi
     for lane in $all_ktls_lanes; do
         if ((running == jobs)); then
             wait -n || rc=1
@@ -33,6 +35,16 @@ run_ktls_lanes() {
     return "$rc"
 }
 
+# Whether a lane that runs is of the sanitizer build.
+sanitizer_lane_wanted() {
+    local lane sanitizer
+    for lane in $all_ktls_lanes; do
+        read -r _ _ _ sanitizer <<<"$(ktls_lane_row "$lane")"
+        [[ $sanitizer == yes ]] && ktls_lane_wanted "$lane" && return 0
+    done
+    return 1
+}
+
 say_which_lanes_ran() {
     local lane ran=() left=()
     for lane in $all_ktls_lanes; do
@@ -41,50 +53,65 @@ say_which_lanes_ran() {
     log "kTLS lanes run: ${ran[*]:-none}; left out on request (KTLS_LANES): ${left[*]:-none}"
 }
 
-# One lane: its release, the nginx it runs and the module that nginx
-# loads (the debian_module test loads the release's own module into the
-# release's /usr/sbin/nginx). bookworm runs the vendored nginx 1.28 and its
-# own 1.22, trixie and sid their own nginx; sid-sanitize runs the sanitizer
-# build (scripts/lib/sanitize.sh) under sid's kernel, the one kTLS kernel
-# here whose processes have the 47-bit address space that ASan's shadow
-# memory needs (Debian 12's and 13's UML give theirs 39 bits).
-run_lane() {
-    local lane=$1 sid_module=$KTLS_OUT/debian-sid/ngx_http_ktls_module.so
-    shift
-    case $lane in
-    bookworm-vendored)
-        run_suite_under_ktls bookworm "$KTLS_NGINX" "$KTLS_MODULE" "$KTLS_DEBIAN_MODULE" \
-            "$test_logs/$lane" "$@" ;;
-    bookworm-debian)
-        run_suite_under_ktls bookworm /usr/sbin/nginx "$KTLS_DEBIAN_MODULE" \
-            "$KTLS_DEBIAN_MODULE" "$test_logs/$lane" "$@" ;;
-    trixie | sid) run_release_suite "$lane" "$@" ;;
-    sid-sanitize) run_sanitizer_suite "$sid_module" "$@" ;;
-    *) die "no lane $lane" ;;
+# The nginx of the table's column NGINX (ktls_lane_table in common.sh).
+lane_nginx() {
+    case $1 in
+    vendored) echo "$KTLS_NGINX" ;;
+    debian) echo /usr/sbin/nginx ;;
+    sanitize) echo "$san_out/nginx" ;;
+    *) die "no nginx $1 in the lane table" ;;
     esac
 }
 
-# The suite under release R's kernel with R's own nginx and its module.
-run_release_suite() {
-    local release=$1 module
-    shift
-    module=$KTLS_OUT/debian-$release/ngx_http_ktls_module.so
-    run_suite_under_ktls "$release" /usr/sbin/nginx "$module" "$module" "$test_logs/$release" "$@"
+# The module built for RELEASE's own nginx: what its /usr/sbin/nginx loads,
+# and what the debian_module test loads in every lane of that release.
+release_debian_module() {
+    if [[ $1 == bookworm ]]; then
+        echo "$KTLS_DEBIAN_MODULE"
+    else
+        echo "$KTLS_OUT/debian-$1/ngx_http_ktls_module.so"
+    fi
 }
 
-# The suite under sid's kernel against the sanitizer build; a sanitizer
-# report fails the lane and is appended to its log.
-run_sanitizer_suite() {
-    local debian_module=$1 log=$test_logs/sid-sanitize rc=0
+# The module of the table's column MODULE, for a lane under RELEASE.
+lane_module() {
+    case $1 in
+    vendored) echo "$KTLS_MODULE" ;;
+    debian) release_debian_module "$2" ;;
+    sanitize) echo "$san_out/ngx_http_ktls_module.so" ;;
+    *) die "no module $1 in the lane table" ;;
+    esac
+}
+
+# One lane, as its row of the table says.
+run_lane() {
+    local lane=$1 row release nginx module sanitizer debian_module
+    shift
+    row=$(ktls_lane_row "$lane") || die "no lane $lane"
+    read -r release nginx module sanitizer <<<"$row"
+    nginx=$(lane_nginx "$nginx")
+    module=$(lane_module "$module" "$release")
+    debian_module=$(release_debian_module "$release")
+    if [[ $sanitizer == yes ]]; then
+        run_sanitizer_lane "$lane" "$release" "$nginx" "$module" "$debian_module" "$@"
+    else
+        run_suite_under_ktls "$release" "$nginx" "$module" "$debian_module" "$test_logs/$lane" "$@"
+    fi
+}
+
+# run_sanitizer_lane LANE RELEASE NGINX MODULE DEBIAN_MODULE BINARIES...: the
+# suite against the sanitizer build; a sanitizer report fails the lane and
+# is appended to its log.
+run_sanitizer_lane() {
+    local lane=$1 log=$test_logs/$1 rc=0
     shift
     (
         start_sanitizer_reports "$log.reports"
-        run_suite_under_ktls sid "$san_out/nginx" "$san_out/ngx_http_ktls_module.so" \
-            "$debian_module" "$log" "$@"
+        run_suite_under_ktls "$1" "$2" "$3" "$4" "$log" "${@:5}"
     ) || rc=1
-    ktls_lane_wanted sid-sanitize || return "$rc"
+    ktls_lane_wanted "$lane" || return "$rc"
     if ! check_sanitizer_reports "$log.reports" >>"$log" 2>&1; then
-        printf '%-17s FAIL: sanitizer reports in %s\n' sid-sanitize "${log#"$REPO"/}.reports" >>"$log"
+        printf '%-17s FAIL: sanitizer reports in %s\n' "$lane" "${log#"$REPO"/}.reports" >>"$log"
         rc=1
     fi
     return "$rc"

@@ -15,8 +15,12 @@ readonly root=$1
 readonly work=/dev/shm/ktls-pkg
 readonly port=8443
 
-fail() { printf 'package-serve: FAILED: %s\n' "$*" >&2; exit 1; }
-say() { printf 'package-serve: %s\n' "$*" >&2; }
+# shellcheck disable=SC2034 # read by log.sh
+log_name=package-serve
+# shellcheck source=scripts/lib/log.sh
+. "$(dirname "${BASH_SOURCE[0]}")/log.sh"
+# shellcheck source=scripts/lib/nginx-conf.sh
+. "$(dirname "${BASH_SOURCE[0]}")/nginx-conf.sh"
 
 mount_tree() {
     mount -t proc proc "$root/proc"
@@ -33,8 +37,7 @@ write_site() {
     mkdir -p "$w/html" "$w/tmp"
     head -c 1048576 /dev/urandom >"$w/html/1m.bin"
     echo ok >"$w/html/index.html"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
-        -keyout "$w/key.pem" -out "$w/cert.pem" 2>/dev/null
+    write_localhost_cert "$w/key.pem" "$w/cert.pem" 1
     chmod -R a+rX "$w"
     cat >"$w/nginx.conf" <<CONF
 user www-data;
@@ -47,11 +50,7 @@ events {}
 http {
     log_format ktls '"\$request" \$status \$body_bytes_sent proto=\$server_protocol tx=\$ktls_tx sendfile=\$ktls_sendfile_bytes splice=\$ktls_splice_bytes';
     access_log $work/access.log ktls;
-    client_body_temp_path $work/tmp/body;
-    proxy_temp_path $work/tmp/proxy;
-    fastcgi_temp_path $work/tmp/fastcgi;
-    uwsgi_temp_path $work/tmp/uwsgi;
-    scgi_temp_path $work/tmp/scgi;
+$(nginx_temp_paths "$work/tmp")
     sendfile on;
     server {
         listen 127.0.0.1:$port ssl;
@@ -77,13 +76,13 @@ tx_sw() {
 }
 
 start_nginx() {
-    chroot "$root" nginx -c "$work/nginx.conf" || fail "nginx did not start: $(cat "$root$work/error.log")"
+    chroot "$root" nginx -c "$work/nginx.conf" || die "nginx did not start: $(cat "$root$work/error.log")"
     local i
     for ((i = 0; i < 50; i++)); do
         curl -sk -o /dev/null "https://127.0.0.1:$port/" && return 0
         sleep 0.2
     done
-    fail "nginx does not answer on 127.0.0.1:$port after 10 s"
+    die "nginx does not answer on 127.0.0.1:$port after 10 s"
 }
 
 stop_nginx() {
@@ -101,35 +100,35 @@ fetch_and_compare() {
     local proto=$1 want got
     want=$(sha256sum <"$root$work/html/1m.bin" | cut -d' ' -f1)
     got=$(curl -sk --max-time 30 "--$proto" "https://127.0.0.1:$port/1m.bin" | sha256sum | cut -d' ' -f1)
-    [[ $got == "$want" ]] || fail "$proto: the body's SHA-256 differs from the file's"
-    say "$proto: 1 MiB byte-exact (sha256 $want)"
+    [[ $got == "$want" ]] || die "$proto: the body's SHA-256 differs from the file's"
+    log "$proto: 1 MiB byte-exact (sha256 $want)"
 }
 
 check_access_log() {
     local log=$root$work/access.log
     cat "$log" >&2
     [[ $(grep -c '1m.bin.* 200 1048576 .*tx=1 ' "$log") -eq 2 ]] ||
-        fail "the access log does not show tx=1 for both 1 MiB responses"
+        die "the access log does not show tx=1 for both 1 MiB responses"
 }
 
 main() {
-    [[ -x $root/usr/sbin/nginx ]] || fail "no nginx in $root"
+    [[ -x $root/usr/sbin/nginx ]] || die "no nginx in $root"
     modprobe -q tls 2>/dev/null || true
-    grep -qw tls /proc/sys/net/ipv4/tcp_available_ulp || fail "this guest kernel has no tls ULP"
+    grep -qw tls /proc/sys/net/ipv4/tcp_available_ulp || die "this guest kernel has no tls ULP"
     trap 'stop_nginx; unmount_tree' EXIT
     mount_tree
     write_site
     local before
     before=$(tx_sw)
     start_nginx
-    say "nginx $(chroot "$root" dpkg-query -W -f="\${Version}" nginx), kernel $(uname -r), module $(chroot "$root" dpkg-query -W -f="\${Version}" libnginx-mod-http-ktls)"
+    log "nginx $(chroot "$root" dpkg-query -W -f="\${Version}" nginx), kernel $(uname -r), module $(chroot "$root" dpkg-query -W -f="\${Version}" libnginx-mod-http-ktls)"
     fetch_and_compare http1.1
     fetch_and_compare http2
     check_access_log
     grep 'ktls: ' "$root$work/error.log" >&2 || true
-    say "TlsTxSw: $before -> $(tx_sw)"
-    (($(tx_sw) > before)) || fail "TlsTxSw did not rise"
-    say "OK"
+    log "TlsTxSw: $before -> $(tx_sw)"
+    (($(tx_sw) > before)) || die "TlsTxSw did not rise"
+    log "OK"
 }
 
 main "$@"

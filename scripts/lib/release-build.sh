@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Builds the module for a Debian release's own nginx inside that release's
 # tree (scripts/lib/release-tree.sh), with nginx's build system and the
 # release's configure flags (nginx-dev's conf_flags), as build_debian_module
@@ -63,6 +64,7 @@ build_release_module() {
     tree=$REPO/target/debian-$release/nginx
     out=$KTLS_OUT/debian-$release
     install_release_build_deps "$root"
+    # shellcheck disable=SC2016 # a dpkg-query format, not a shell expansion
     log "building the module for $release's nginx $(chroot "$root" dpkg-query -W -f='${Version}' nginx-dev)"
     mount_build_dirs "$root"
     run_release_build "$root" "$tree" || rc=$?

@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2154 # repo_root is the caller's
 # Debian release trees for scripts/ktls-vm --release: a userland of that
 # release (debootstrap, minbase) with what the tests need, and that release's
 # User-Mode Linux kernel, patched to run on this host. Sourced, not run; uses

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The sanitizer build and its reports, shared by scripts/test-sanitize (the
 # suite on this host) and the kTLS lane that runs the suite against it
 # (scripts/lib/ktls-suite.sh). Sourced after common.sh.

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # A slow disk for the stall benchmark: ext4 on a loop device (a file on the
 # guest's tmpfs) under dm-delay, which holds every read for DELAY ms. Root
 # only, under scripts/ktls-vm (the guest kernel has loop, dm-delay, ext4).

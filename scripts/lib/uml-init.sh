@@ -12,6 +12,7 @@
 #              host_mounts (host directories to mount at the same path when the
 #              root is a release tree rather than the host's "/"), command
 #   env        the caller's environment, NUL-separated NAME=VALUE (env -0)
+#   log.sh     scripts/lib/log.sh, for log
 # and receives what the host reads back after the guest has halted:
 #   stdout, stderr   the command's output (output is not streamed live)
 #   status           the command's exit status; its absence means failure
@@ -19,7 +20,7 @@
 #   modprobe         the wrapper the kernel calls to load modules on demand
 #
 # No `set -e`: PID 1 must never just exit (the guest kernel would panic and the
-# host would only see a crash); every failure ends in die(), which records the
+# host would only see a crash); every failure ends in give_up(), which records the
 # reason and halts.
 set -uo pipefail
 
@@ -36,9 +37,15 @@ source "$run_dir/vm.conf" || {
     poweroff -f
 }
 
-log() {
-    # Init's stdout is the guest console, which the host keeps as console.log.
-    printf 'ktls-vm init: %s\n' "$*"
+# log.sh, copied beside this file by scripts/ktls-vm: the repository may not
+# be mounted yet. Init's output is the guest console (console.log on the host).
+# shellcheck disable=SC2034 # read by log.sh
+log_name='ktls-vm init'
+# shellcheck source=scripts/lib/log.sh
+source "$run_dir/log.sh" || {
+    echo "ktls-vm init: cannot read $run_dir/log.sh" >"$run_dir/init-error"
+    sync
+    poweroff -f
 }
 
 power_off() {
@@ -53,7 +60,8 @@ power_off() {
     sleep 60
 }
 
-die() {
+# Init's die: PID 1 must not exit, so it records the reason and halts.
+give_up() {
     log "error: $*"
     printf '%s\n' "$*" >"$run_dir/init-error"
     power_off
@@ -62,19 +70,19 @@ die() {
 mount_guest_filesystems() {
     # The host's /proc, /sys and /dev are visible through hostfs but describe
     # the host: mount the guest's own over them.
-    mount -t proc -o nosuid,nodev,noexec proc /proc || die "cannot mount /proc"
-    mount -t sysfs -o nosuid,nodev,noexec sysfs /sys || die "cannot mount /sys"
+    mount -t proc -o nosuid,nodev,noexec proc /proc || give_up "cannot mount /proc"
+    mount -t sysfs -o nosuid,nodev,noexec sysfs /sys || give_up "cannot mount /sys"
     if ! grep -q '^[^ ]* /dev ' /proc/mounts; then
-        mount -t devtmpfs -o nosuid devtmpfs /dev || die "cannot mount /dev"
+        mount -t devtmpfs -o nosuid devtmpfs /dev || give_up "cannot mount /dev"
     fi
     mkdir -p /dev/pts /dev/shm
     mount -t devpts -o nosuid,noexec,gid=5,mode=620,ptmxmode=666 devpts /dev/pts ||
-        die "cannot mount /dev/pts"
+        give_up "cannot mount /dev/pts"
     # Private tmpfs for /run and /dev/shm: pid files, sockets and locks of the
     # guest must not clash with the host's (or another guest's). Not /tmp:
     # a tmpfs there would hide the host files that tests pass in.
-    mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm || die "cannot mount /dev/shm"
-    mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run || die "cannot mount /run"
+    mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /dev/shm || give_up "cannot mount /dev/shm"
+    mount -t tmpfs -o nosuid,nodev,mode=755 tmpfs /run || give_up "cannot mount /run"
     mkdir /run/lock && chmod 1777 /run/lock
     # A bare devtmpfs has no /dev/fd: bash process substitution needs it.
     ln -sfn /proc/self/fd /dev/fd
@@ -89,11 +97,11 @@ load_tls_modules() {
     if ! printf '#!/bin/bash\nexec -a modprobe %q -d %q "$@"\n' \
         "$kmod_binary" "$modules_base" >"$run_dir/modprobe" ||
         ! chmod 755 "$run_dir/modprobe"; then
-        die "cannot write the modprobe wrapper"
+        give_up "cannot write the modprobe wrapper"
     fi
     echo "$run_dir/modprobe" >/proc/sys/kernel/modprobe ||
-        die "cannot set /proc/sys/kernel/modprobe"
-    "$run_dir/modprobe" -a tls || die "modprobe tls failed"
+        give_up "cannot set /proc/sys/kernel/modprobe"
+    "$run_dir/modprobe" -a tls || give_up "modprobe tls failed"
     # The AEADs: modules in 6.1, built in or renamed in later kernels (7.x
     # has no ghash-generic or chacha_generic); kTLS needs them either way, and
     # --selftest checks every cipher.
@@ -102,32 +110,32 @@ load_tls_modules() {
     local ulps
     ulps=$(cat /proc/sys/net/ipv4/tcp_available_ulp)
     [[ " $ulps " == *" tls "* ]] ||
-        die "the tls ULP is missing after loading the modules (tcp_available_ulp: $ulps)"
+        give_up "the tls ULP is missing after loading the modules (tcp_available_ulp: $ulps)"
 }
 
 bring_up_loopback() {
-    ip link set lo up || die "cannot bring lo up"
+    ip link set lo up || give_up "cannot bring lo up"
     # Both addresses normally appear by themselves once lo is up; add them if not.
     ip -4 addr show dev lo | grep -q 'inet 127\.0\.0\.1/' ||
-        ip addr add 127.0.0.1/8 dev lo || die "cannot add 127.0.0.1 to lo"
+        ip addr add 127.0.0.1/8 dev lo || give_up "cannot add 127.0.0.1 to lo"
     ip -6 addr show dev lo | grep -q 'inet6 ::1/' ||
-        ip addr add ::1/128 dev lo || die "cannot add ::1 to lo"
+        ip addr add ::1/128 dev lo || give_up "cannot add ::1 to lo"
 }
 
 mount_host_dirs() {
     local dir
     for dir in "${host_mounts[@]}"; do
-        mkdir -p "$dir" || die "cannot make $dir"
+        mkdir -p "$dir" || give_up "cannot make $dir"
         grep -q "^[^ ]* $dir hostfs " /proc/mounts && continue
         # Kernels 6.x with the new mount API name the host path "hostfs=".
-        mount -t hostfs -o "hostfs=$dir" none "$dir" || die "cannot mount the host's $dir"
+        mount -t hostfs -o "hostfs=$dir" none "$dir" || give_up "cannot mount the host's $dir"
     done
 }
 
 run_command() {
-    cd -- "$work_dir" || die "cannot cd to $work_dir"
+    cd -- "$work_dir" || give_up "cannot cd to $work_dir"
     local -a environment
-    mapfile -d '' -t environment <"$run_dir/env" || die "cannot read $run_dir/env"
+    mapfile -d '' -t environment <"$run_dir/env" || give_up "cannot read $run_dir/env"
     # A login-like open-file limit as on the host, not the kernel default 1024.
     ulimit -Hn "$nofile_hard" 2>/dev/null
     ulimit -Sn "$nofile_soft" 2>/dev/null
@@ -139,7 +147,7 @@ run_command() {
     # Write-then-rename: the host must never read a half-written status.
     if ! printf '%d\n' "$status" >"$run_dir/status.partial" ||
         ! mv -f "$run_dir/status.partial" "$run_dir/status"; then
-        die "cannot write the exit status"
+        give_up "cannot write the exit status"
     fi
 }
 

@@ -1,10 +1,12 @@
+# shellcheck shell=bash
 # The correction that lets Debian 12's and 13's User-Mode Linux (6.1, 6.12)
 # run on hosts whose CPUs have a larger XSAVE area than UML was built for
 # (AMX: 11008 bytes against UML's 2696): uml-xstate-pad.c, preloaded into
 # linux.uml by scripts/ktls-vm. Sourced, not run; uses the caller's log
 # and die.
 
-readonly xstate_src_dir=$(dirname "${BASH_SOURCE[0]}")
+xstate_src_dir=$(dirname "${BASH_SOURCE[0]}")
+readonly xstate_src_dir
 
 # Builds uml-xstate-pad.so into DIR (once, and again when its source
 # changes) and prints its path.
