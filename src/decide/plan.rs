@@ -279,6 +279,69 @@ fn pipe_file_run<C: Chain, T: Transport<C>>(
     }
 }
 
+/// What one call has sent, and what it may still send.
+struct Call {
+    /// Bytes counted against `limit`: those buffered or piped when the call
+    /// began, and those taken from the chain since.
+    send: u64,
+    limit: u64,
+    /// The shortest file run worth a sendfile of its own.
+    sendfile_min: u64,
+    /// The bytes taken must go out now, without waiting for more.
+    flush: bool,
+}
+
+impl Call {
+    fn left(&self) -> u64 {
+        self.limit - self.send
+    }
+
+    fn under_limit(&self) -> bool {
+        self.send < self.limit
+    }
+
+    /// After everything taken went out: another round, unless the chain is
+    /// sent or the limit reached.
+    fn next_round<C: Chain>(&self, chain: &C) -> Then {
+        if chain.head().is_none() || !self.under_limit() {
+            Then::Stop
+        } else {
+            Then::Next
+        }
+    }
+}
+
+/// What one round of filling the buffer found.
+struct Round {
+    /// The kernel may be written to directly in this round.
+    kernel: bool,
+    /// The chain's head is a file run that goes out with a sendfile of its
+    /// own, once the buffer and the pipe are empty.
+    sendfile_next: bool,
+    /// The pipe took less than it was offered.
+    pipe_full: bool,
+}
+
+impl Round {
+    /// Whether file data follows in this call what is written now, so that
+    /// the kernel keeps the TLS record open for it.
+    fn file_follows(&self, call: &Call) -> bool {
+        self.sendfile_next && call.under_limit()
+    }
+}
+
+/// What [`send_chain`] does after a step.
+enum Then {
+    /// Another round: fill the buffer again and send it.
+    Next,
+    /// Stop for now; what is left buffered waits for the next call.
+    Stop,
+    /// A thread reads into the buffer: it is written once the thread is done.
+    Offloaded,
+    /// Everything taken from the chain went out.
+    Sent,
+}
+
 /// Sends as much of `chain` as the connection takes, within `limit` bytes
 /// (already passed through [`effective_limit`]); with kTLS, runs of at least
 /// `sendfile_min` bytes of file data go out with `SSL_sendfile()`, and
@@ -308,164 +371,237 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
         Collected::Again => return Ok(buffered(buf, io)),
     }
 
-    let mut flush = chain.head().is_none() || buf.flush;
-    // An empty run is not worth a sendfile, whatever the minimum.
-    let sendfile_min = sendfile_min.max(1);
+    let mut call = Call {
+        send,
+        limit,
+        // An empty run is not worth a sendfile, whatever the minimum.
+        sendfile_min: sendfile_min.max(1),
+        flush: chain.head().is_none() || buf.flush,
+    };
 
-    loop {
-        // Asked once a round: a write through OpenSSL can finish the
-        // handshake and so allow it; nothing in here takes it back.
-        let kernel = io.kernel_allowed();
-        let mut sendfile_next = false;
-        let mut reads = Read::Done;
-        let mut pipe_full = false;
-
-        while buf.free() > 0 && send < limit {
-            let Some(head) = chain.head() else { break };
-
-            if head.flush {
-                flush = true;
-            }
-
-            let size = room_for(buf, head.size, limit - send);
-            let last = buf.last;
-
-            match head.kind {
-                Kind::Special => {
-                    chain.skip();
-                    continue;
-                }
-                Kind::File { .. } if kernel && chain.file_run(sendfile_min) >= sendfile_min => {
-                    flush = true;
-                    sendfile_next = true;
-                    break;
-                }
-                Kind::Memory | Kind::File { in_memory: true } => {
-                    chain.copy_memory(&mut buf.mem[last..last + size]);
-                }
-                Kind::File { in_memory: false } => {
-                    if kernel {
-                        match pipe_file_run(chain, buf, io, limit - send)? {
-                            Step::Moved(n) => {
-                                send += n;
-                                continue;
-                            }
-                            Step::Full => {
-                                pipe_full = true;
-                                break;
-                            }
-                            Step::Offloaded => {
-                                reads = Read::Offloaded;
-                                break;
-                            }
-                            Step::Read => {}
-                        }
-                    }
-                    // Without kTLS now, or a run too short for a sendfile
-                    // of its own and no pipe: read into the buffer (which
-                    // may have just gone into the pipe).
-                    let last = buf.last;
-                    let size = room_for(buf, head.size, limit - send);
-                    reads = chain.read_file(buf.mem, last, size)?;
-                    if reads == Read::Offloaded {
-                        break;
-                    }
-                    buf.last += size;
-                    send += size as u64;
-                    continue;
-                }
-            }
-
-            buf.last += size;
-            send += size as u64;
+    let then = loop {
+        match send_round(chain, buf, io, &mut call)? {
+            Then::Next => {}
+            then => break then,
         }
+    };
 
-        if reads == Read::Done {
-            reads = chain.finish_reads(buf.mem)?;
-        }
-        if reads == Read::Offloaded {
-            // The buffer is written once the thread has filled it.
-            buf.flush = flush;
-            return Ok(true);
-        }
-
-        if !flush && !pipe_full && send < limit && buf.free() > 0 {
-            break;
-        }
-
-        if io.piped() > 0 {
-            // The pipe's bytes go first; the buffer's follow through the
-            // pipe, or through OpenSSL when the kernel may not be written
-            // to now.
-            if kernel && !buffer_to_pipe(buf, io)? {
-                pipe_full = true;
-            }
-            let piped = io.piped();
-            let more =
-                kernel && (buf.pending() > 0 || pipe_full || (sendfile_next && send < limit));
-            match io.drain_pipe(more)? {
-                Io::Sent(n) if n == piped => {}
-                Io::Sent(_) | Io::Again | Io::Offloaded => break,
-            }
-            if buf.pending() == 0 && !pipe_full {
-                flush = false;
-                if chain.head().is_none() || send >= limit {
-                    break;
-                }
-            }
-            continue;
-        }
-
-        let size = buf.pending();
-
-        if size == 0 {
-            if sendfile_next && send < limit {
-                let run = chain.file_run(limit - send);
-                let run = usize::try_from(run).unwrap_or(usize::MAX);
-
-                match io.sendfile(chain, run)? {
-                    Io::Sent(n) => {
-                        chain.consume(n as u64);
-                        send += n as u64;
-                        flush = false;
-                        continue;
-                    }
-                    Io::Again | Io::Offloaded => break,
-                }
-            }
-
+    match then {
+        Then::Sent => {
             buf.flush = false;
-            return Ok(false);
+            Ok(false)
         }
-
-        let data = &buf.mem[buf.pos..buf.last];
-        let written = if kernel {
-            io.write_kernel(data, sendfile_next && send < limit)?
-        } else {
-            io.write(data)?
-        };
-        let n = match written {
-            Io::Sent(n) => n,
-            Io::Again | Io::Offloaded => break,
-        };
-
-        buf.pos += n;
-
-        if n < size {
-            break;
+        Then::Offloaded => {
+            buf.flush = call.flush;
+            Ok(true)
         }
-
-        flush = false;
-        buf.pos = 0;
-        buf.last = 0;
-
-        if chain.head().is_none() || send >= limit {
-            break;
+        Then::Next | Then::Stop => {
+            buf.flush = call.flush;
+            Ok(buffered(buf, io))
         }
     }
+}
 
-    buf.flush = flush;
-    Ok(buffered(buf, io))
+/// One round: fills the buffer from the chain, then sends the pipe, the
+/// buffer or the file run at the head, whichever comes first.
+fn send_round<C: Chain, T: Transport<C>>(
+    chain: &mut C,
+    buf: &mut SendBuf<'_>,
+    io: &mut T,
+    call: &mut Call,
+) -> Result<Then, Fatal> {
+    let mut round = Round {
+        // Asked once a round: a write through OpenSSL can finish the
+        // handshake and so allow it; nothing in a round takes it back.
+        kernel: io.kernel_allowed(),
+        sendfile_next: false,
+        pipe_full: false,
+    };
+
+    let mut reads = fill_buffer(chain, buf, io, call, &mut round)?;
+    if reads == Read::Done {
+        reads = chain.finish_reads(buf.mem)?;
+    }
+    if reads == Read::Offloaded {
+        return Ok(Then::Offloaded);
+    }
+
+    // Nothing asks for the bytes to go out yet: wait for more.
+    if !call.flush && !round.pipe_full && call.under_limit() && buf.free() > 0 {
+        return Ok(Then::Stop);
+    }
+
+    if io.piped() > 0 {
+        send_pipe(chain, buf, io, call, &mut round)
+    } else if buf.pending() > 0 {
+        write_buffer(chain, buf, io, call, &round)
+    } else {
+        send_file_run(chain, io, call, &round)
+    }
+}
+
+/// Takes bytes from the chain into the buffer, or into the pipe, until the
+/// buffer is full, the limit is reached, or the head is a file run for a
+/// sendfile of its own.  Returns [`Read::Offloaded`] when a thread reads
+/// into the buffer.
+fn fill_buffer<C: Chain, T: Transport<C>>(
+    chain: &mut C,
+    buf: &mut SendBuf<'_>,
+    io: &mut T,
+    call: &mut Call,
+    round: &mut Round,
+) -> Result<Read, Fatal> {
+    while buf.free() > 0 && call.under_limit() {
+        let Some(head) = chain.head() else { break };
+
+        if head.flush {
+            call.flush = true;
+        }
+
+        match head.kind {
+            Kind::Special => chain.skip(),
+            Kind::File { .. }
+                if round.kernel && chain.file_run(call.sendfile_min) >= call.sendfile_min =>
+            {
+                call.flush = true;
+                round.sendfile_next = true;
+                break;
+            }
+            Kind::Memory | Kind::File { in_memory: true } => {
+                copy_into_buffer(chain, buf, call, head.size);
+            }
+            Kind::File { in_memory: false } => {
+                if round.kernel {
+                    match pipe_file_run(chain, buf, io, call.left())? {
+                        Step::Moved(n) => {
+                            call.send += n;
+                            continue;
+                        }
+                        Step::Full => {
+                            round.pipe_full = true;
+                            break;
+                        }
+                        Step::Offloaded => return Ok(Read::Offloaded),
+                        Step::Read => {}
+                    }
+                }
+                if read_into_buffer(chain, buf, call, head.size)? == Read::Offloaded {
+                    return Ok(Read::Offloaded);
+                }
+            }
+        }
+    }
+    Ok(Read::Done)
+}
+
+/// Copies the head's memory bytes into the buffer, as many as fit.
+fn copy_into_buffer<C: Chain>(chain: &mut C, buf: &mut SendBuf<'_>, call: &mut Call, size: u64) {
+    let size = room_for(buf, size, call.left());
+    let last = buf.last;
+    chain.copy_memory(&mut buf.mem[last..last + size]);
+    buf.last += size;
+    call.send += size as u64;
+}
+
+/// Reads the head's file bytes into the buffer, as many as fit: without
+/// kTLS now, or for a run too short for a sendfile of its own and no pipe.
+/// The buffer may just have gone into the pipe, so its room is measured
+/// here.
+fn read_into_buffer<C: Chain>(
+    chain: &mut C,
+    buf: &mut SendBuf<'_>,
+    call: &mut Call,
+    size: u64,
+) -> Result<Read, Fatal> {
+    let size = room_for(buf, size, call.left());
+    let reads = chain.read_file(buf.mem, buf.last, size)?;
+    if reads == Read::Done {
+        buf.last += size;
+        call.send += size as u64;
+    }
+    Ok(reads)
+}
+
+/// Splices the pipe to the kTLS socket.  The pipe's bytes go first; the
+/// buffer's follow through the pipe, or through OpenSSL when the kernel may
+/// not be written to now.
+fn send_pipe<C: Chain, T: Transport<C>>(
+    chain: &C,
+    buf: &mut SendBuf<'_>,
+    io: &mut T,
+    call: &mut Call,
+    round: &mut Round,
+) -> Result<Then, Fatal> {
+    if round.kernel && !buffer_to_pipe(buf, io)? {
+        round.pipe_full = true;
+    }
+    let piped = io.piped();
+    let more = round.kernel && (buf.pending() > 0 || round.pipe_full || round.file_follows(call));
+    match io.drain_pipe(more)? {
+        Io::Sent(n) if n == piped => {}
+        Io::Sent(_) | Io::Again | Io::Offloaded => return Ok(Then::Stop),
+    }
+    if buf.pending() > 0 || round.pipe_full {
+        return Ok(Then::Next);
+    }
+    call.flush = false;
+    Ok(call.next_round(chain))
+}
+
+/// Writes the buffer: to the kTLS socket, with the record kept open when
+/// file data follows, or through OpenSSL.
+fn write_buffer<C: Chain, T: Transport<C>>(
+    chain: &C,
+    buf: &mut SendBuf<'_>,
+    io: &mut T,
+    call: &mut Call,
+    round: &Round,
+) -> Result<Then, Fatal> {
+    let size = buf.pending();
+    let data = &buf.mem[buf.pos..buf.last];
+    let written = if round.kernel {
+        io.write_kernel(data, round.file_follows(call))?
+    } else {
+        io.write(data)?
+    };
+    let n = match written {
+        Io::Sent(n) => n,
+        Io::Again | Io::Offloaded => return Ok(Then::Stop),
+    };
+
+    buf.pos += n;
+    if n < size {
+        return Ok(Then::Stop);
+    }
+
+    call.flush = false;
+    buf.pos = 0;
+    buf.last = 0;
+    Ok(call.next_round(chain))
+}
+
+/// With the buffer and the pipe empty, sends the file run at the head with
+/// a sendfile of its own (neighbouring file buffers coalesced), if one is
+/// next.
+fn send_file_run<C: Chain, T: Transport<C>>(
+    chain: &mut C,
+    io: &mut T,
+    call: &mut Call,
+    round: &Round,
+) -> Result<Then, Fatal> {
+    if !round.file_follows(call) {
+        return Ok(Then::Sent);
+    }
+    let run = usize::try_from(chain.file_run(call.left())).unwrap_or(usize::MAX);
+    match io.sendfile(chain, run)? {
+        Io::Sent(n) => {
+            chain.consume(n as u64);
+            call.send += n as u64;
+            call.flush = false;
+            Ok(Then::Next)
+        }
+        Io::Again | Io::Offloaded => Ok(Then::Stop),
+    }
 }
 
 #[cfg(test)]
