@@ -14,8 +14,8 @@ use core::ffi::c_int;
 
 use nginx_sys::{
     ngx_connection_t, ngx_event_t, ngx_log_t, ngx_pool_t, ngx_socket_t, ngx_ssl_connection_t,
-    BIO_ctrl, SSL_get_rbio, SSL_get_wbio, SSL_version, BIO_CTRL_GET_KTLS_RECV,
-    BIO_CTRL_GET_KTLS_SEND, SSL, TLS1_3_VERSION,
+    BIO_ctrl, SSL_get_rbio, SSL_get_wbio, SSL_version, BIO, BIO_CTRL_GET_KTLS_RECV,
+    BIO_CTRL_GET_KTLS_SEND, NGX_SSL_BUFFERED, SSL, TLS1_3_VERSION,
 };
 
 use crate::decide::conf::ServerConf;
@@ -52,14 +52,17 @@ impl<'a> Connection<'a> {
         self.c.as_ptr()
     }
 
-    fn raw(&self) -> &'a ngx_connection_t {
-        // SAFETY: live for 'a (from_raw()).
+    /// The connection, for one read of its fields: no reference to it is
+    /// kept, since nginx changes it between the module's reads.
+    fn fields(&self) -> &ngx_connection_t {
+        // SAFETY: live for 'a (from_raw()); the reference ends with the
+        // caller's expression, before any write through the handle.
         unsafe { &*self.c.as_ptr() }
     }
 
     /// nginx's TLS state of the connection.
     pub fn ngx_ssl(self) -> *mut ngx_ssl_connection_t {
-        self.raw().ssl
+        self.fields().ssl
     }
 
     /// The connection's OpenSSL object.
@@ -70,32 +73,32 @@ impl<'a> Connection<'a> {
 
     /// The connection's log.
     pub fn log(self) -> *mut ngx_log_t {
-        self.raw().log
+        self.fields().log
     }
 
     /// The connection's socket.
     pub fn fd(self) -> ngx_socket_t {
-        self.raw().fd
+        self.fields().fd
     }
 
     /// The connection's pool.
     pub fn pool(self) -> *mut ngx_pool_t {
-        self.raw().pool
+        self.fields().pool
     }
 
     /// The connection's read event.
     pub fn read_event(self) -> *mut ngx_event_t {
-        self.raw().read
+        self.fields().read
     }
 
     /// The connection's write event.
     pub fn write_event(self) -> *mut ngx_event_t {
-        self.raw().write
+        self.fields().write
     }
 
     /// `c->log_error`, the level nginx logs this connection's I/O errors at.
     pub fn log_error(self) -> u32 {
-        self.raw().log_error()
+        self.fields().log_error()
     }
 
     /// Counts `n` bytes as sent (`c->sent`).
@@ -143,29 +146,29 @@ impl<'a> Connection<'a> {
     /// Whether kTLS encrypts what the connection sends
     /// (`BIO_get_ktls_send()`).
     pub fn ktls_send(self) -> bool {
-        // SAFETY: BIO_get_ktls_send() is this BIO_ctrl() call on the live
-        // OpenSSL object's BIO; a NULL BIO (no socket attached) answers 0.
-        unsafe {
-            BIO_ctrl(
-                SSL_get_wbio(self.ssl()),
-                BIO_CTRL_GET_KTLS_SEND as c_int,
-                0,
-                core::ptr::null_mut(),
-            ) == 1
-        }
+        // SAFETY: the handle's OpenSSL object is live.
+        bio_uses_ktls(unsafe { SSL_get_wbio(self.ssl()) }, BIO_CTRL_GET_KTLS_SEND)
     }
 
     /// Whether kTLS decrypts what the connection receives
     /// (`BIO_get_ktls_recv()`).
     pub fn ktls_recv(self) -> bool {
-        // SAFETY: as for ktls_send(), on the read BIO.
+        // SAFETY: the handle's OpenSSL object is live.
+        bio_uses_ktls(unsafe { SSL_get_rbio(self.ssl()) }, BIO_CTRL_GET_KTLS_RECV)
+    }
+
+    /// Marks the connection as holding bytes of its own in the TLS buffer
+    /// (`NGX_SSL_BUFFERED`), or clears that.
+    pub fn set_ssl_buffered(self, buffered: bool) {
+        // SAFETY: live for 'a, and touched only by this thread meanwhile.
         unsafe {
-            BIO_ctrl(
-                SSL_get_rbio(self.ssl()),
-                BIO_CTRL_GET_KTLS_RECV as c_int,
-                0,
-                core::ptr::null_mut(),
-            ) == 1
+            let c = self.c.as_ptr();
+            let flags = (*c).buffered();
+            (*c).set_buffered(if buffered {
+                flags | NGX_SSL_BUFFERED
+            } else {
+                flags & !NGX_SSL_BUFFERED
+            });
         }
     }
 
@@ -211,4 +214,11 @@ impl<'a> Connection<'a> {
         // the connection's pool, which outlives it.
         unsafe { state::get(self.ssl()) }
     }
+}
+
+/// `BIO_get_ktls_send()` or `BIO_get_ktls_recv()` (`cmd`) on `bio`, a BIO of
+/// a live OpenSSL object; a NULL BIO (no socket attached) answers 0.
+fn bio_uses_ktls(bio: *mut BIO, cmd: u32) -> bool {
+    // SAFETY: the two macros are this BIO_ctrl() call, which takes NULL.
+    unsafe { BIO_ctrl(bio, cmd as c_int, 0, core::ptr::null_mut()) == 1 }
 }

@@ -7,7 +7,6 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use nginx_sys::{
     ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_http_request_t, ngx_pagesize, ngx_pcalloc,
     ngx_ssl_send_chain, ngx_ssl_write, off_t, u_char, NGX_AGAIN, NGX_ERROR, NGX_LOG_NOTICE,
-    NGX_SSL_BUFFERED,
 };
 
 use crate::decide::conf::ServerConf;
@@ -47,15 +46,17 @@ pub unsafe fn take_over(r: *mut ngx_http_request_t, conf: &ServerConf) {
     let Some(c) = (unsafe { Connection::from_raw(transport_connection(r)) }) else {
         return;
     };
-    // SAFETY: as above; c->ssl is set (from_raw()).
-    let raw = unsafe { &mut *c.as_ptr() };
+    let raw = c.as_ptr();
     // Only nginx's own buffered TLS send path is replaced: not QUIC, not a
     // connection already taken over, not an unbuffered one.
-    // SAFETY: c->ssl is live (from_raw()).
-    let buffered_tls = unsafe { (*c.ngx_ssl()).buffer() } != 0;
-    if raw.send_chain.map(|f| f as *const ()) != Some(ngx_ssl_send_chain as *const ())
-        || !buffered_tls
-    {
+    // SAFETY: the connection and its c->ssl are live (from_raw()).
+    let (nginx_sends, buffered_tls) = unsafe {
+        (
+            (*raw).send_chain.map(|f| f as *const ()) == Some(ngx_ssl_send_chain as *const ()),
+            (*c.ngx_ssl()).buffer() != 0,
+        )
+    };
+    if !nginx_sends || !buffered_tls {
         return;
     }
     // SAFETY: as above.
@@ -71,9 +72,13 @@ pub unsafe fn take_over(r: *mut ngx_http_request_t, conf: &ServerConf) {
         return;
     }
 
-    raw.send_chain = Some(send_chain);
-    if raw.send.map(|f| f as *const ()) == Some(ngx_ssl_write as *const ()) {
-        raw.send = Some(send);
+    // SAFETY: as above; nginx calls these only from the connection's
+    // handlers, after this one.
+    unsafe {
+        (*raw).send_chain = Some(send_chain);
+        if (*raw).send.map(|f| f as *const ()) == Some(ngx_ssl_write as *const ()) {
+            (*raw).send = Some(send);
+        }
     }
 
     debug!(
@@ -288,10 +293,8 @@ unsafe fn send_buffered(
         (*b).set_flush(buf.flush as u32);
         splice::release_if_empty(c);
 
-        let raw = c.as_ptr();
         match result {
-            Ok(true) => (*raw).set_buffered((*raw).buffered() | NGX_SSL_BUFFERED),
-            Ok(false) => (*raw).set_buffered((*raw).buffered() & !NGX_SSL_BUFFERED),
+            Ok(buffered) => c.set_ssl_buffered(buffered),
             Err(Fatal) => return CHAIN_ERROR,
         }
 
