@@ -316,18 +316,13 @@ struct Round {
     /// The kernel may be written to directly in this round.
     kernel: bool,
     /// The chain's head is a file run that goes out with a sendfile of its
-    /// own, once the buffer and the pipe are empty.
+    /// own, once the buffer and the pipe are empty.  It is found only under
+    /// the limit, and nothing in the round adds to what the call sent, so
+    /// the file data follows in this call and the kernel keeps the TLS
+    /// record open for it.
     sendfile_next: bool,
     /// The pipe took less than it was offered.
     pipe_full: bool,
-}
-
-impl Round {
-    /// Whether file data follows in this call what is written now, so that
-    /// the kernel keeps the TLS record open for it.
-    fn file_follows(&self, call: &Call) -> bool {
-        self.sendfile_next && call.under_limit()
-    }
 }
 
 /// What [`send_chain`] does after a step.
@@ -367,6 +362,9 @@ pub fn send_chain<C: Chain, T: Transport<C>>(
         Collected::Sent(n) => {
             chain.consume(n);
             send += n;
+            // The flush that held for the file run is spent, as after a
+            // sendfile in the event loop.
+            buf.flush = false;
         }
         Collected::Again => return Ok(buffered(buf, io)),
     }
@@ -536,7 +534,7 @@ fn send_pipe<C: Chain, T: Transport<C>>(
         round.pipe_full = true;
     }
     let piped = io.piped();
-    let more = round.kernel && (buf.pending() > 0 || round.pipe_full || round.file_follows(call));
+    let more = round.kernel && (buf.pending() > 0 || round.pipe_full || round.sendfile_next);
     match io.drain_pipe(more)? {
         Io::Sent(n) if n == piped => {}
         Io::Sent(_) | Io::Again | Io::Offloaded => return Ok(Then::Stop),
@@ -560,7 +558,7 @@ fn write_buffer<C: Chain, T: Transport<C>>(
     let size = buf.pending();
     let data = &buf.mem[buf.pos..buf.last];
     let written = if round.kernel {
-        io.write_kernel(data, round.file_follows(call))?
+        io.write_kernel(data, round.sendfile_next)?
     } else {
         io.write(data)?
     };
@@ -589,7 +587,7 @@ fn send_file_run<C: Chain, T: Transport<C>>(
     call: &mut Call,
     round: &Round,
 ) -> Result<Then, Fatal> {
-    if !round.file_follows(call) {
+    if !round.sendfile_next {
         return Ok(Then::Sent);
     }
     let run = usize::try_from(chain.file_run(call.left())).unwrap_or(usize::MAX);

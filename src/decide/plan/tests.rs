@@ -879,6 +879,57 @@ fn flush_survives_again() {
     assert_eq!(run.tls.out, want);
 }
 
+/// After a thread's sendfile, what follows without a flush waits for a
+/// full buffer again, as after a sendfile in the event loop.
+#[test]
+fn thread_sendfile_spends_the_flush() {
+    let body = pattern(20_000, 3);
+    let mut run = Run::new(vec![file(1, &body, 0)], true, 16384).with_threads();
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert!(run.flush);
+    assert_eq!(run.finish_task(), Ok(true));
+    run.chain.bufs.push(mem(b"tail"));
+    assert_eq!(run.call(LIMIT), Ok(true));
+    assert_eq!(run.tls.out, body);
+    assert!(!run.flush);
+}
+
+/// Once the pipe went out whole, what follows without a flush waits.
+#[test]
+fn drained_pipe_spends_the_flush() {
+    let bufs = vec![
+        flushed(file(1, &pattern(100, 4), 0)),
+        mem(&pattern(16384, 5)),
+        mem(b"tail"),
+    ];
+    let mut run = Run::new(bufs, true, 16384);
+    run.tls.pipe = Some(FakePipe {
+        capacity: 1 << 20,
+        ..FakePipe::default()
+    });
+    assert_eq!(run.call(LIMIT), Ok(true));
+    assert_eq!(run.tls.out.len(), 16484);
+    assert_eq!(run.last - run.pos, 4);
+    assert!(!run.flush);
+}
+
+/// A sendfile that ends the call at its limit leaves no flush behind, even
+/// one carried over an "again".
+#[test]
+fn sendfile_to_the_limit_spends_a_carried_flush() {
+    let body = pattern(20_000, 6);
+    let mut run = Run::new(vec![file(1, &body, 0)], true, 16384);
+    run.tls.room = 0;
+    assert_eq!(run.call(LIMIT), Ok(false));
+    assert!(run.flush);
+    run.tls.room = usize::MAX;
+    assert_eq!(run.call(body.len() as u64), Ok(false));
+    assert!(!run.flush);
+    run.chain.bufs.push(mem(b"tail"));
+    assert_eq!(run.call(LIMIT), Ok(true));
+    assert_eq!(run.tls.out, body);
+}
+
 /// MSG_MORE holds a record open: only right before the file data that
 /// closes it, never at the end of what a call writes.
 fn assert_more_only_before_sendfile(ops: &[Op]) {

@@ -9,6 +9,9 @@
 //! failure, and no kernel write while not allowed (the fake transport
 //! asserts both). At the end: everything out, no record left open.
 //!
+//! Then the chain handed over in parts: no TLS record closes before a
+//! flush, the limit or an empty call asks for it (see [`check_records`]).
+//!
 //! `PROPTEST_CASES=100000 cargo test --release --features vendored --lib
 //! model` runs a longer search than the default.
 
@@ -153,11 +156,8 @@ fn counted_sent(run: &Run) -> usize {
     run.tls.out.len() - uncollected
 }
 
-/// Runs the chain through the steps, then to the end with a transport that
-/// takes everything; checks the invariants after every call.
-fn check(gens: &[(Gen, bool)], setup: &Setup, steps: &[Step]) -> Result<(), TestCaseError> {
-    let bufs = build(gens);
-    let want = concat(&bufs);
+/// A kTLS connection with the buffer, pipe and threads of `setup`.
+fn set_up(bufs: Vec<FakeBuf>, setup: &Setup) -> Run {
     let mut run = Run::new(bufs, true, setup.bufsize);
     run.sendfile_min = setup.sendfile_min;
     if setup.threads {
@@ -171,6 +171,15 @@ fn check(gens: &[(Gen, bool)], setup: &Setup, steps: &[Step]) -> Result<(), Test
             ..FakePipe::default()
         });
     }
+    run
+}
+
+/// Runs the chain through the steps, then to the end with a transport that
+/// takes everything; checks the invariants after every call.
+fn check(gens: &[(Gen, bool)], setup: &Setup, steps: &[Step]) -> Result<(), TestCaseError> {
+    let bufs = build(gens);
+    let want = concat(&bufs);
+    let mut run = set_up(bufs, setup);
     let all = Step {
         room: usize::MAX,
         per_call: usize::MAX,
@@ -246,11 +255,172 @@ fn check(gens: &[(Gen, bool)], setup: &Setup, steps: &[Step]) -> Result<(), Test
     Ok(())
 }
 
+/// One call of a chain that nginx hands over in parts, as its write filter
+/// does: the buffers that arrive before the call, the call's limit, and
+/// whether the kernel path is allowed.
+#[derive(Clone, Debug)]
+struct Part {
+    bufs: usize,
+    limit: u64,
+    kernel: bool,
+    /// The socket takes nothing in this call: every write is "again".
+    full: bool,
+}
+
+fn gen_part() -> impl Strategy<Value = Part> {
+    (
+        0..4usize,
+        prop_oneof![3 => Just(LIMIT), 1 => 1..40_000u64],
+        prop::bool::weighted(0.8),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(bufs, limit, kernel, full)| Part {
+            bufs,
+            limit,
+            kernel,
+            full,
+        })
+}
+
+/// Where the chain asks for its bytes to go out: the output range of each
+/// buffer marked flush (empty for a special buffer).
+fn flush_marks(bufs: &[FakeBuf]) -> Vec<(usize, usize)> {
+    let mut at = 0;
+    let mut marks = vec![];
+    for b in bufs {
+        let len = b.rest().len();
+        if b.flush {
+            marks.push((at, at + len));
+        }
+        at += len;
+    }
+    marks
+}
+
+/// Whether the bytes `from..to` of a write that closes a TLS record were
+/// asked out by a flush: a flushed buffer among them, or a special flush
+/// buffer right before, within or right after them.
+fn asked_out(marks: &[(usize, usize)], from: usize, to: usize) -> bool {
+    marks.iter().any(|&(s, e)| {
+        if s == e {
+            from <= s && s <= to
+        } else {
+            s < to && e > from
+        }
+    })
+}
+
+/// Feeds the chain in parts to a socket that takes everything or nothing, and
+/// checks that no TLS record is closed before nginx's rules say so: a
+/// record shorter than the buffer needs a flush among its bytes, a call
+/// that reached its limit, or a call with nothing new to send
+/// (`ngx_ssl_send_chain()`'s `in == NULL`). Also: a call that leaves
+/// nothing buffered leaves no record open.
+fn check_records(gens: &[(Gen, bool)], setup: &Setup, parts: &[Part]) -> Result<(), TestCaseError> {
+    let mut rest: std::collections::VecDeque<FakeBuf> = build(gens).into();
+    let marks = flush_marks(&rest.iter().cloned().collect::<Vec<_>>());
+    let total: usize = rest.iter().map(|b| b.rest().len()).sum();
+    let mut run = set_up(vec![], setup);
+    // For each op: whether its call allows short records whatever the
+    // flush marks say.
+    let mut excused = vec![];
+    // Whether the flush left pending by the last call (`buf->flush`, kept
+    // over an "again") came from such a call.
+    let mut excuse_pending = false;
+    let mut fed = 0;
+    let all = Part {
+        bufs: usize::MAX,
+        limit: LIMIT,
+        kernel: true,
+        full: false,
+    };
+    let ends = std::iter::repeat_n(&all, 2 * total / setup.bufsize.max(1) + 16);
+    for part in parts.iter().chain(ends) {
+        for b in rest.drain(..part.bufs.min(rest.len())) {
+            fed += b.rest().len();
+            run.chain.bufs.push(b);
+        }
+        if run.tls.open == 0 {
+            run.tls.kernel = part.kernel;
+        }
+        // A socket that takes all or nothing: every write is whole.
+        run.tls.room = if part.full { 0 } else { usize::MAX };
+        let in_chain = |run: &Run| run.chain.bufs.iter().map(|b| b.rest().len()).sum::<usize>();
+        let nothing_new = run.chain.bufs.is_empty();
+        let flush_before = run.flush;
+        let pending = run.last - run.pos + run.tls.piped();
+        let taken_before = fed - in_chain(&run);
+        let buffered = run.call(part.limit).expect("a transport without failures");
+        let taken = fed - in_chain(&run) - taken_before;
+        let reached = (pending + taken) as u64 >= part.limit;
+        let excuse = reached || nothing_new || flush_before && excuse_pending;
+        excused.resize(run.tls.ops.len(), excuse);
+        excuse_pending = run.flush && (excuse || part.full);
+        if !buffered && run.tls.threads.borrow().running.is_none() {
+            prop_assert_eq!(
+                run.tls.open,
+                0,
+                "a record left open by a call that sent everything"
+            );
+        }
+        // A thread's sendfile ends its record itself.
+        run.finish_task().expect("a thread's job");
+        excused.resize(run.tls.ops.len(), true);
+        if rest.is_empty()
+            && run.chain.bufs.is_empty()
+            && !buffered
+            && run.tls.threads.borrow().running.is_none()
+        {
+            break;
+        }
+    }
+    prop_assert_eq!(run.tls.out.len(), total, "not everything went out");
+
+    // The output offset where the record being written began.
+    let mut record = 0;
+    let mut at = 0;
+    let ops = &run.tls.ops;
+    for (i, op) in ops.iter().enumerate() {
+        let (n, closes) = match *op {
+            Op::Write(n) | Op::Sendfile(n) => (n, true),
+            Op::Kernel(n, more) | Op::Drain(n, more) => (n, !more),
+            Op::PipeMemory(_) | Op::PipeFile(_) => (0, false),
+        };
+        at += n;
+        if !closes {
+            continue;
+        }
+        // The pipe's bytes and then the buffer's through OpenSSL are one
+        // flush of the two.
+        let (start, end) = match (i.checked_sub(1).map(|j| &ops[j]), op, ops.get(i + 1)) {
+            (_, Op::Drain(..), Some(Op::Write(w))) => (record, at + w),
+            (Some(Op::Drain(d, false)), Op::Write(_), _) => (record - d, at),
+            _ => (record, at),
+        };
+        let file = matches!(op, Op::Sendfile(_));
+        if !file && end - start < setup.bufsize && !excused[i] {
+            prop_assert!(
+                asked_out(&marks, start, end),
+                "a record of {} bytes at {} closed with no flush asking for it: {:?}",
+                at - record,
+                record,
+                ops
+            );
+        }
+        record = at;
+    }
+    Ok(())
+}
+
 proptest! {
     // Minimised failures are kept as the plain tests below, not in a seed
     // file of proptest's.
     #![proptest_config(ProptestConfig {
-        cases: 400,
+        // An explicit count wins over PROPTEST_CASES, so read it here.
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(400),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
@@ -262,6 +432,15 @@ proptest! {
         steps in prop::collection::vec(gen_step(), 0..30),
     ) {
         check(&gens, &setup, &steps)?;
+    }
+
+    #[test]
+    fn records_close_only_when_asked(
+        gens in prop::collection::vec(gen_buf(), 0..12),
+        setup in gen_setup(),
+        parts in prop::collection::vec(gen_part(), 0..30),
+    ) {
+        check_records(&gens, &setup, &parts)?;
     }
 }
 
