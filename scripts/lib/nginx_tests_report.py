@@ -25,7 +25,7 @@ SUMMARY_FIELDS = ["file", "status", "tests", "passed", "skipped", "todo", "faile
 STATUS_RANK = {"ok": 2, "skipped": 1}
 VERDICTS = ["WORSE", "flaky", "better"]
 
-PLAN = re.compile(r"^1\.\.(\d+)")
+PLAN = re.compile(r"^1\.\.([0-9]+)")
 SKIP_ALL_PREFIX = re.compile(r"^1\.\.0[ \t]*(#[ \t]*[Ss][Kk][Ii][Pp][ \t]*)?")
 SKIPPED_TEST = re.compile(r"^ok [0-9]+ # [Ss][Kk][Ii][Pp]")
 TODO = re.compile(r"#[ \t]*TODO")
@@ -60,7 +60,7 @@ def split_list(text):
 
 def leading_int(text):
     """The number a count field starts with, 0 when there is none (as awk)."""
-    match = re.match(r"\s*[-+]?\d+", text or "")
+    match = re.match(r"[ \t]*[-+]?[0-9]+", text or "")
     return int(match.group()) if match else 0
 
 
@@ -173,6 +173,10 @@ def summarize_run(results, names):
 
 
 def read_summaries(path):
+    """The lines of a summary or compared.tsv, which must be there (a .tap
+    or .err may be missing: read_lines)."""
+    if not os.path.isfile(path):
+        die(f"no such file: {path}")
     return [line.split("\t") for line in read_lines(path) if line]
 
 
