@@ -11,6 +11,12 @@ report_tool() {
 	/usr/bin/python3 "$REPORT_TOOL" "$@"
 }
 
+# Before the suite runs for an hour, not after: a release tree or a
+# --no-install guest may lack python3.
+check_report_tool() {
+	[ -x /usr/bin/python3 ] || die "no /usr/bin/python3 here, which the report needs (Debian's python3)"
+}
+
 # $WORK/results/RUN.tsv: one line per test file of run $1 (then the files)
 # from its TAP output, stderr and .meta.
 summarize_run() {
