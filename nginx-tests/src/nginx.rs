@@ -359,6 +359,16 @@ impl Nginx {
         logs::wait_access_entry(&self.dir.path().join("logs/access.log"), uri)
     }
 
+    /// The access log line for `uri`, once the error log shows that its
+    /// response went out the way `sent` says on a connection with kTLS
+    /// `ktls` (see [`logs::assert_send_path`]).
+    #[track_caller]
+    pub fn sent_entry(&self, what: &str, ktls: Ktls, uri: &str, sent: logs::Sent) -> AccessEntry {
+        let e = self.entry(uri);
+        logs::assert_send_path(what, ktls, &self.error_log(), &e, sent);
+        e
+    }
+
     /// Waits (bounded) until nginx has closed `connection` (its debug line says so).
     #[track_caller]
     pub fn wait_closed(&self, connection: u64) {

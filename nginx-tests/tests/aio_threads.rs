@@ -129,14 +129,7 @@ fn bodies_with_thread_pools() {
             let r = c.get(&uri).unwrap_or_else(|e| panic!("{name} {uri}: {e}"));
             assert_eq!(r.status, 200, "{name} {uri}");
             assert_body(&format!("{name} {uri}"), want, &r.body);
-            let e = srv.entry(&uri);
-            assert_send_path(
-                &format!("{name} {uri}"),
-                case.ktls,
-                &srv.error_log(),
-                &e,
-                sent,
-            );
+            let e = srv.sent_entry(&format!("{name} {uri}"), case.ktls, &uri, sent);
             if module_threads(case.ktls) {
                 assert_tasks(&format!("{name} {uri}"), &srv, e.connection, kind);
             }
@@ -204,14 +197,7 @@ fn bodies_with_thread_pools() {
             .unwrap_or_else(|e| panic!("{name} h2: {e}"));
         assert_body(&format!("{name} h2 big"), &big, &got[0].body);
         assert_body(&format!("{name} h2 small"), &small, &got[1].body);
-        let e = srv.entry(&paths[0]);
-        assert_send_path(
-            &format!("{name} h2"),
-            case.ktls,
-            &srv.error_log(),
-            &e,
-            Sent::MayCopy,
-        );
+        let e = srv.sent_entry(&format!("{name} h2"), case.ktls, &paths[0], Sent::MayCopy);
         if module_threads(case.ktls) {
             assert_tasks(&format!("{name} h2"), &srv, e.connection, "read");
         }

@@ -1,4 +1,4 @@
-//! Issue 2: byte-exact static file bodies of the edge sizes around a TLS record (16 KiB) and
+//! Byte-exact static file bodies of the edge sizes around a TLS record (16 KiB) and
 //! large ones, over TLS 1.2 and 1.3, with HTTP/1.1 keep-alive and HTTP/2, on both send paths.
 
 use nginx_ktls_tests::body::{assert_body, pseudo_random};

@@ -1,4 +1,4 @@
-//! Issue 2: the module built for Debian's nginx package loads into `/usr/sbin/nginx`.
+//! The module built for Debian's nginx package loads into `/usr/sbin/nginx`.
 //!
 //! Compiled only with `--features debian-module`; then `KTLS_DEBIAN_MODULE` must name the
 //! module (`KTLS_DEBIAN_NGINX` the binary, default `/usr/sbin/nginx`).

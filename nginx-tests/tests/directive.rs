@@ -1,4 +1,4 @@
-//! Issue 2: the `ktls` directive's values and contexts, checked with `nginx -t` the way an
+//! The `ktls` directive's values and contexts, checked with `nginx -t` the way an
 //! operator meets them: exact message, file and line.
 
 use nginx_ktls_tests::config::{module_loaded, skipped};

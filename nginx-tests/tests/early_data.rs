@@ -1,5 +1,5 @@
-//! Issue 3b: TLS 1.3 early data (0-RTT) with short buffers: the seed case of
-//! /work/shared/seed (nginx-devel, 2021-10-18). A resumed session sends the request in 0-RTT,
+//! TLS 1.3 early data (0-RTT) with short buffers: the case of the nginx-devel
+//! thread on SSL_sendfile() and early data (2021-10-18). A resumed session sends the request in 0-RTT,
 //! the response (1 MiB, chunked: SSI text around an included file, so memory and file buffers)
 //! starts while the handshake and the request body are still pending, and the client reads it
 //! slowly through a small receive buffer. The whole response must arrive intact, the request

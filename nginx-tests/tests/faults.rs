@@ -1,4 +1,4 @@
-//! Issue 3e: faults in the middle of a response. A client that goes away is logged at info
+//! Faults in the middle of a response. A client that goes away is logged at info
 //! and the worker goes on serving; a file truncated while it is being sent ends the connection
 //! with an alert, and the client never gets a byte that was not in the file. No worker crashes
 //! (`finish` fails on "exited on signal").

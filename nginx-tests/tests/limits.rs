@@ -1,10 +1,10 @@
-//! Issue 3d: `sendfile_max_chunk` and `limit_rate` hold on both send paths.
+//! `sendfile_max_chunk` and `limit_rate` hold on both send paths.
 
 use nginx_ktls_tests::body::{assert_body, pseudo_random};
 use nginx_ktls_tests::cases::Case;
 use nginx_ktls_tests::config::expect_kernel;
 use nginx_ktls_tests::h1::H1;
-use nginx_ktls_tests::logs::{assert_send_path, connection_lines, Sent};
+use nginx_ktls_tests::logs::{connection_lines, Sent};
 use nginx_ktls_tests::nginx::Setup;
 use nginx_ktls_tests::tls::TlsConn;
 use std::time::{Duration, Instant};
@@ -24,9 +24,8 @@ fn sendfile_max_chunk_small() {
         let r = c.get(&uri).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(r.status, 200, "{name}");
         assert_body(&name, &file, &r.body);
-        let e = srv.entry(&uri);
+        let e = srv.sent_entry(&name, case.ktls, &uri, Sent::Sendfile);
         let log = srv.error_log();
-        assert_send_path(&name, case.ktls, &log, &e, Sent::Sendfile);
         let sends: Vec<i64> = connection_lines(&log, e.connection)
             .iter()
             .filter_map(|l| l.strip_prefix("SSL_sendfile: ")?.trim().parse().ok())
@@ -86,10 +85,9 @@ fn limit_rate_lower_bound() {
             h.join().expect("case thread");
         }
     });
-    let log = srv.error_log();
     for case in Case::all() {
-        let e = srv.entry(&format!("/slow/file?case={}", case.name()));
-        assert_send_path(&case.name(), case.ktls, &log, &e, Sent::Sendfile);
+        let uri = format!("/slow/file?case={}", case.name());
+        srv.sent_entry(&case.name(), case.ktls, &uri, Sent::Sendfile);
     }
     srv.finish();
 }

@@ -1,4 +1,4 @@
-//! Issue 3c: chains that mix memory and file buffers: SSI pages with files between text
+//! Chains that mix memory and file buffers: SSI pages with files between text
 //! (chunked), multipart byte ranges, single ranges at odd offsets and at the end of the file,
 //! and HTTP/2 with several concurrent large streams.
 
@@ -8,7 +8,7 @@ use nginx_ktls_tests::config::size_for_run;
 use nginx_ktls_tests::h1::{content_range, get, multipart, H1};
 use nginx_ktls_tests::h2;
 use nginx_ktls_tests::kernel::TlsStat;
-use nginx_ktls_tests::logs::{assert_send_path, Sent};
+use nginx_ktls_tests::logs::Sent;
 use nginx_ktls_tests::nginx::Setup;
 use nginx_ktls_tests::tls::TlsConn;
 
@@ -53,14 +53,7 @@ fn ssi_files_between_text() {
             assert_eq!(r.status, 200, "{name} {uri}");
             assert!(r.chunked, "{name} {uri}: not chunked: {:?}", r.headers);
             assert_body(&format!("{name} {uri}"), &expected, &r.body);
-            let e = srv.entry(&uri);
-            assert_send_path(
-                &format!("{name} {uri}"),
-                case.ktls,
-                &srv.error_log(),
-                &e,
-                Sent::Sendfile,
-            );
+            srv.sent_entry(&format!("{name} {uri}"), case.ktls, &uri, Sent::Sendfile);
         }
     }
     stat.assert_tx_used("ssi_files_between_text");
@@ -131,19 +124,17 @@ fn byte_ranges() {
             );
             assert_body(&format!("{name} {range}"), &file[*a..=*b], &r.body);
         }
-        let log = srv.error_log();
         for n in 0..singles.len() {
-            let e = srv.entry(&format!("/file?case={name}&single={n}"));
-            assert_eq!(e.connection_requests, n as u64 + 2, "{name}: keep-alive");
+            let uri = format!("/file?case={name}&single={n}");
             // $ktls_sendfile_bytes counts per connection: the multipart response before these
             // had a 16386-byte part, so it is above zero even after the one-byte ranges.
-            assert_send_path(
+            let e = srv.sent_entry(
                 &format!("{name} single {n}"),
                 case.ktls,
-                &log,
-                &e,
+                &uri,
                 Sent::Sendfile,
             );
+            assert_eq!(e.connection_requests, n as u64 + 2, "{name}: keep-alive");
         }
     }
     srv.finish();
@@ -176,16 +167,8 @@ fn http2_concurrent_large_streams() {
             assert_eq!(r.status, 200, "{name} {uri}");
             assert_body(&format!("{name} {uri}"), f, &r.body);
         }
-        let log = srv.error_log();
         for uri in &uris {
-            let e = srv.entry(uri);
-            assert_send_path(
-                &format!("{name} {uri}"),
-                case.ktls,
-                &log,
-                &e,
-                Sent::Sendfile,
-            );
+            srv.sent_entry(&format!("{name} {uri}"), case.ktls, uri, Sent::Sendfile);
         }
     }
     stat.assert_tx_used("http2_concurrent_large_streams");

@@ -8,7 +8,7 @@ use nginx_ktls_tests::body::{assert_body, pseudo_random};
 use nginx_ktls_tests::config::{expect_kernel, module_loaded, skipped};
 use nginx_ktls_tests::h2::{self, H2};
 use nginx_ktls_tests::kernel;
-use nginx_ktls_tests::logs::{assert_send_path, connection_lines, Ktls, Sent};
+use nginx_ktls_tests::logs::{connection_lines, Ktls, Sent};
 use nginx_ktls_tests::nginx::{Nginx, Setup};
 use nginx_ktls_tests::tls::{ClientOpts, TlsConn, TlsVersion};
 use std::fs::OpenOptions;
@@ -60,9 +60,8 @@ fn h2_file_data_goes_through_the_pipe_where_records_stay_open() {
         let r = h2::get_concurrent(&mut conn, &[&uri]).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(r[0].status, 200, "{what}");
         assert_body(&what, &big, &r[0].body);
-        let e = srv.entry(&uri);
+        let e = srv.sent_entry(&what, ktls, &uri, Sent::MayCopy);
         let log = srv.error_log();
-        assert_send_path(&what, ktls, &log, &e, Sent::MayCopy);
         if !module_loaded() || ktls == Ktls::Off {
             continue;
         }
@@ -97,14 +96,7 @@ fn ktls_splice_off_reads_short_runs_into_the_buffer() {
     let mut conn = TlsConn::connect(srv.port(Ktls::On), &h2_opts()).expect("connect");
     let r = h2::get_concurrent(&mut conn, &["/big?off"]).expect("download");
     assert_body("ktls_splice off", &big, &r[0].body);
-    let e = srv.entry("/big?off");
-    assert_send_path(
-        "ktls_splice off",
-        Ktls::On,
-        &srv.error_log(),
-        &e,
-        Sent::MayCopy,
-    );
+    let e = srv.sent_entry("ktls_splice off", Ktls::On, "/big?off", Sent::MayCopy);
     assert_eq!(e.ktls_splice_bytes, Some(0), "{e:?}");
     srv.finish();
 }
