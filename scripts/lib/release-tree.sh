@@ -38,6 +38,28 @@ host_debian_mirror() {
 
 # Installs PACKAGES inside the tree ROOT. A policy-rc.d keeps package
 # scripts from starting services: nginx would bind the host's port 80.
+# Mount points at or under DIR, deepest first.
+mounts_under() {
+    local dir
+    dir=$(readlink -f -- "$1")
+    awk -v d="$dir" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts | sort -r
+}
+
+# Removes the tree DIR.  A run that was killed inside a chroot leaves /proc,
+# /dev or the bind-mounted repository mounted in it, and `rm -rf` would go
+# through those mounts: they are unmounted first, and DIR stays if one will
+# not go.
+remove_tree() {
+    local dir=$1 m
+    [[ -e $dir ]] || return 0
+    while IFS= read -r m; do
+        log "unmounting $m, left by an earlier run"
+        umount "$m" || umount -l "$m" || die "cannot unmount $m"
+    done < <(mounts_under "$dir")
+    [[ -z $(mounts_under "$dir") ]] || die "$dir still has mounts in it; not removing it"
+    rm -rf --one-file-system -- "$dir"
+}
+
 install_in_release_tree() {
     local root=$1
     shift
@@ -80,16 +102,17 @@ make_release_tree() {
     local release=$1 dir staging
     dir=$(release_dir "$release")
     staging=$dir/.staging
-    rm -rf "$staging"
+    remove_tree "$staging"
     mkdir -p "$staging"
     log "making the $release tree in $dir (debootstrap, once)"
     debootstrap --variant=minbase --include="$release_base_packages" "$release" \
         "$staging/root" "$(host_debian_mirror)" >"$staging/debootstrap.log" 2>&1 ||
         { tail -n 20 "$staging/debootstrap.log" >&2; die "debootstrap $release failed"; }
     install_in_release_tree "$staging/root" "${release_packages[@]}"
-    rm -rf "$dir/root" "$dir/linux.uml"
+    remove_tree "$dir/root"
+    rm -f "$dir/linux.uml"
     mv "$staging/root" "$dir/root"
-    rm -rf "$staging"
+    remove_tree "$staging"
     prepare_release_kernel "$dir/root" "$dir/linux.uml"
     touch "$dir/.complete"
 }
