@@ -309,7 +309,7 @@ pub fn write(c: Connection, data: &[u8]) -> Result<Io, Fatal> {
 /// TLS 1.3 0-RTT.
 ///
 /// While such a write is blocked, nginx's `ngx_ssl_recv_early()` does not
-/// read (OpenSSL cannot: its issue 7757): `write_blocked` says so, and the read
+/// read (OpenSSL 1.1.1a fails it then): `write_blocked` says so, and the read
 /// event posted when the write completes is what unlocks reading again.
 fn write_early(c: Connection, data: &[u8]) -> Result<Io, Fatal> {
     clear_error(c.log());
@@ -340,7 +340,7 @@ fn write_early(c: Connection, data: &[u8]) -> Result<Io, Fatal> {
         SSL_ERROR_WANT_WRITE => {
             debug!(c.log(), "SSL_write_early_data: want write");
             // OpenSSL 1.1.1a fails SSL_read_early_data() after a blocked
-            // SSL_write_early_data() (OpenSSL issue 7757): reading waits.
+            // SSL_write_early_data(): reading waits.
             c.set_write_blocked(true);
             wait_writable(c)
         }

@@ -317,9 +317,10 @@ fn asked_out(marks: &[(usize, usize)], from: usize, to: usize) -> bool {
 /// (`ngx_ssl_send_chain()`'s `in == NULL`). Also: a call that leaves
 /// nothing buffered leaves no record open.
 fn check_records(gens: &[(Gen, bool)], setup: &Setup, parts: &[Part]) -> Result<(), TestCaseError> {
-    let mut rest: std::collections::VecDeque<FakeBuf> = build(gens).into();
-    let marks = flush_marks(&rest.iter().cloned().collect::<Vec<_>>());
-    let total: usize = rest.iter().map(|b| b.rest().len()).sum();
+    let bufs = build(gens);
+    let marks = flush_marks(&bufs);
+    let total = concat(&bufs).len();
+    let mut rest: std::collections::VecDeque<FakeBuf> = bufs.into();
     let mut run = set_up(vec![], setup);
     // For each op: whether its call allows short records whatever the
     // flush marks say.
@@ -345,14 +346,13 @@ fn check_records(gens: &[(Gen, bool)], setup: &Setup, parts: &[Part]) -> Result<
         }
         // A socket that takes all or nothing: every write is whole.
         run.tls.room = if part.full { 0 } else { usize::MAX };
-        let in_chain = |run: &Run| run.chain.bufs.iter().map(|b| b.rest().len()).sum::<usize>();
         let nothing_new = run.chain.bufs.is_empty();
         let flush_before = run.flush;
         let pending = run.last - run.pos + run.tls.piped();
-        let taken_before = fed - in_chain(&run);
+        let taken_before = taken(&run, fed);
         let buffered = run.call(part.limit).expect("a transport without failures");
-        let taken = fed - in_chain(&run) - taken_before;
-        let reached = (pending + taken) as u64 >= part.limit;
+        let taken_now = taken(&run, fed) - taken_before;
+        let reached = (pending + taken_now) as u64 >= part.limit;
         let excuse = reached || nothing_new || flush_before && excuse_pending;
         excused.resize(run.tls.ops.len(), excuse);
         excuse_pending = run.flush && (excuse || part.full);
