@@ -139,8 +139,10 @@ setTimeout(() => {
 }, deadline - Date.now()).unref();
 
 // Reads a response stream, pausing now and then for a slow reader, cancelling after
-// req.cancelAfter bytes; calls done(true) when it completed.
-function consume(req, stream, cancel, done) {
+// req.cancelAfter bytes; calls done(true) when it completed.  An HTTP/2 stream also ends
+// when its connection closes in the middle of a frame (Node hands over the partial frame
+// and a close code, CANCEL): only one that ended with END_STREAM (`ended()` says) completed.
+function consume(req, stream, cancel, done, ended = () => true) {
   const chunks = [];
   let got = 0;
   let finished = false;
@@ -170,7 +172,12 @@ function consume(req, stream, cancel, done) {
       setTimeout(() => stream.resume(), 5 + below(50));
     }
   });
-  stream.on('end', () => end(true));
+  stream.on('end', () => {
+    if (finished || ended()) return end(true);
+    fail(`${req.method} /${req.file.name}: the connection closed in the middle of the ` +
+      `response, after ${got} bytes (stream close code ${stream.rstCode})`);
+    end(false);
+  });
   stream.on('error', (e) => {
     if (!finished) fail(`/${req.file.name}: stream error ${e.code || e.message}`);
     end(false);
@@ -208,13 +215,14 @@ function h2Connection() {
         headers = h;
       });
       const cancel = () => stream.close(http2.constants.NGHTTP2_CANCEL);
+      const ended = () => stream.rstCode === http2.constants.NGHTTP2_NO_ERROR;
       consume(req, stream, cancel, (complete, body) => {
         if (complete) {
           totals.complete++;
           check(req, status, headers, body);
         }
         finish();
-      });
+      }, ended);
       stream.end();
     }
   });

@@ -14,9 +14,10 @@
 //!   found some of them missing from the page cache.
 //!
 //! While a task works the connection belongs to it: the send chain writes
-//! nothing ([`busy`]), and during a sendfile `c->recv` answers "again" (an
-//! `SSL_read()` could make OpenSSL write an alert or a KeyUpdate around the
-//! thread's records), with the read event posted once the task is done.
+//! nothing ([`busy`]) and the socket counts as not writable, and during a
+//! sendfile `c->recv` answers "again" (an `SSL_read()` could make OpenSSL
+//! write an alert or a KeyUpdate around the thread's records), with the
+//! read event posted once the task is done.
 //!
 //! nginx's HTTP/2 code can free a stream whose request is blocked (a stream
 //! closed while frames were queued is closed again by a write event, and a
@@ -520,6 +521,7 @@ unsafe extern "C" fn task_done(ev: *mut ngx_event_t) {
             (*ctx).work.finished
         );
         release_reads(c, ctx);
+        release_writes(c);
         if (*ctx).request_gone {
             finish_without_request(c, ctx);
             return;
@@ -636,6 +638,7 @@ unsafe fn post(c: Connection, task: *mut Task) -> Result<(), Fatal> {
         }
         (*ctx).next_handler = (*nt).event.handler;
         (*nt).event.handler = Some(task_done);
+        hold_writes(c);
         let sendfile = matches!(job, Job::Sendfile { .. });
         if sendfile {
             hold_reads(c.as_ptr(), ctx);
@@ -682,6 +685,10 @@ pub fn busy(c: Connection) -> Result<bool, Fatal> {
                 return Err(Fatal);
             }
             post(c, task)?;
+        }
+        if (*task).task.event.active() != 0 {
+            // A write event during the task made the socket ready again.
+            hold_writes(c);
         }
         debug!(c.log(), "ktls thread: busy");
         Ok(true)
@@ -945,6 +952,27 @@ unsafe fn collect_sendfile(
         ssl::sendfile_sent(c, n as usize)?;
         Ok(Collected::Sent(n as u64))
     }
+}
+
+/// Says that the connection cannot be written to while the task works, as
+/// a send that leaves bytes buffered says by clearing `wev->ready`.  HTTP/2
+/// takes a ready socket after a send for one that took everything: with
+/// no stream left it would idle the connection and free the TLS buffer
+/// (`ngx_ssl_free_buffer()`) under the bytes that wait for the task.  Only
+/// a posted task holds writes: a declined one is posted again by the next
+/// send, which a socket that is not ready would not reach.
+fn hold_writes(c: Connection) {
+    c.set_write_ready(false);
+}
+
+/// The task is done: the connection may be written to again; whether the
+/// socket takes bytes, the next write finds out.
+///
+/// # Safety
+/// `c` must be a live connection.
+unsafe fn release_writes(c: *mut ngx_connection_t) {
+    // SAFETY: forwarded from the caller.
+    unsafe { (*(*c).write).set_ready(1) };
 }
 
 /// Turns reads through OpenSSL away while the thread sends.
