@@ -74,6 +74,36 @@ install_vendored_build() {
     install -m 0755 "$release_dir/libngx_http_ktls_module.so" "$out/ngx_http_ktls_module.so"
 }
 
+# The nginx-src crate's nginx tree, which the vendored build compiles.
+vendored_nginx_source() {
+    cargo metadata --format-version 1 --features vendored --quiet | python3 -c '
+import json, os, sys
+dirs = [os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"]
+        if p["name"] == "nginx-src"]
+sys.exit(print(os.path.join(dirs[0], "nginx")) if dirs else "no nginx-src crate")'
+}
+
+# Clippy, -D warnings, over the module as a build of nginx without thread
+# pools compiles it (no --with-threads: the vendored build always has them).
+# Bindgen needs a configured tree, not a built one: configure runs once, in
+# target/no-threads/.
+lint_without_threads() {
+    local dir="$REPO/target/no-threads" src
+    if [ ! -f "$dir/nginx/objs/ngx_auto_config.h" ]; then
+        src=$(vendored_nginx_source) || die "cannot find the nginx-src crate"
+        rm -rf "$dir" && mkdir -p "$dir"
+        cp -r "$src" "$dir/nginx"
+        (cd "$dir/nginx" && auto/configure --with-compat --with-http_ssl_module \
+            --with-http_v2_module --add-dynamic-module="$REPO" >configure.log 2>&1) ||
+            die "configure without threads failed: see $dir/nginx/configure.log"
+    fi
+    grep -q NGX_THREADS "$dir/nginx/objs/ngx_auto_config.h" &&
+        die "$dir/nginx was configured with thread pools"
+    NGINX_SOURCE_DIR="$dir/nginx" NGINX_BUILD_DIR="$dir/nginx/objs" \
+        cargo clippy --release --lib --no-default-features --target-dir "$dir/cargo" --quiet \
+        -- -D warnings
+}
+
 # Installs Debian's nginx without starting it: a package's service start
 # would take port 80 and outlive the script.
 ensure_debian_nginx() {

@@ -96,6 +96,10 @@ pub enum Io {
     /// A thread of nginx's pool sends it; its result comes from
     /// [`Transport::collect`] once [`Transport::busy`] is over.  Only
     /// [`Transport::sendfile`] answers this.
+    #[cfg_attr(
+        not(ngx_feature = "threads"),
+        expect(dead_code, reason = "only a thread of nginx's pool offloads")
+    )]
     Offloaded,
 }
 
@@ -127,8 +131,16 @@ pub enum Collected {
     /// No sendfile result is waiting.
     Nothing,
     /// That many bytes of the chain's head went out.
+    #[cfg_attr(
+        not(ngx_feature = "threads"),
+        expect(dead_code, reason = "only a thread of nginx's pool sends")
+    )]
     Sent(u64),
     /// The socket was full: wait until it is writable.
+    #[cfg_attr(
+        not(ngx_feature = "threads"),
+        expect(dead_code, reason = "only a thread of nginx's pool sends")
+    )]
     Again,
 }
 

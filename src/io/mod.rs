@@ -18,6 +18,6 @@ pub mod splice;
 pub mod ssl;
 pub mod state;
 pub mod sys;
-#[cfg(ngx_feature = "threads")]
+#[cfg_attr(not(ngx_feature = "threads"), path = "no_threads.rs")]
 pub mod thread;
 pub mod userspace_rx;

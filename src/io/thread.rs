@@ -200,14 +200,29 @@ struct Guard {
     armed: bool,
 }
 
-/// Whether reads of `file` go to a thread: `aio threads` is on where its
-/// buffer was made.
+/// A file whose reads go to a thread: `aio threads` is on where its buffer
+/// was made.
+#[derive(Clone, Copy)]
+pub struct Offloader {
+    file: *mut ngx_file_t,
+    fd: c_int,
+}
+
+/// The file's [`Offloader`], if reads of it go to a thread.
 ///
 /// # Safety
 /// `file` must be NULL or a live file.
-pub unsafe fn offloads(file: *const ngx_file_t) -> bool {
+pub unsafe fn offloader(file: *mut ngx_file_t) -> Option<Offloader> {
     // SAFETY: forwarded from the caller.
-    !file.is_null() && unsafe { (*file).thread_handler.is_some() }
+    unsafe {
+        if file.is_null() || (*file).thread_handler.is_none() {
+            return None;
+        }
+        Some(Offloader {
+            file,
+            fd: (*file).fd,
+        })
+    }
 }
 
 /// The module's task on `c`, if it has one.
@@ -725,46 +740,117 @@ unsafe fn start(
     }
 }
 
-/// Reads `parts` of `file` into the TLS buffer at `base`: at once if the
-/// page cache has them all, otherwise in a thread, into the task's buffer
-/// at the same places ([`land`] copies them over).
-///
-/// # Safety
-/// As for [`start`]; the parts lie inside the connection's TLS buffer.
-pub unsafe fn read(
-    c: Connection,
-    file: *mut ngx_file_t,
-    base: *mut u8,
-    parts: &[Part],
-) -> Result<Read, Fatal> {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        let fd = (*file).fd;
-        let outcome = pread::read_parts(fd, base, parts, libc::RWF_NOWAIT);
-        if outcome == Outcome::Read {
-            pread::report(c.log(), file, parts, outcome)?;
-            return Ok(Read::Done);
+impl Offloader {
+    /// Reads `parts` of the file into the TLS buffer at `base`: at once if
+    /// the page cache has them all, otherwise in a thread, into the task's
+    /// buffer at the same places ([`land`] copies them over).
+    ///
+    /// # Safety
+    /// As for [`start`], with the file of a request of `c`; the parts lie
+    /// inside the connection's TLS buffer.
+    pub unsafe fn read(self, c: Connection, base: *mut u8, parts: &[Part]) -> Result<Read, Fatal> {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let (file, fd) = (self.file, self.fd);
+            let outcome = pread::read_parts(fd, base, parts, libc::RWF_NOWAIT);
+            if outcome == Outcome::Read {
+                pread::report(c.log(), file, parts, outcome)?;
+                return Ok(Read::Done);
+            }
+            debug!(
+                c.log(),
+                "ktls thread: not all in the page cache ({:?}), reading in a thread", outcome
+            );
+            let task = task_for(c.as_ptr())?;
+            let ctx = ctx(task);
+            let end = parts.iter().map(|p| p.at + p.len).max().unwrap_or(0);
+            if (*ctx).scratch.len() < end {
+                (*ctx).scratch.resize(end, 0);
+            }
+            (&mut (*ctx).work.parts)[..parts.len()].copy_from_slice(parts);
+            let job = Job::Read {
+                fd,
+                base: (*ctx).scratch.as_mut_ptr(),
+                nparts: parts.len(),
+            };
+            start(c, task, file, ptr::null_mut(), job)?;
+            hold_stream(ctx, file);
+            Ok(Read::Offloaded)
         }
-        debug!(
-            c.log(),
-            "ktls thread: not all in the page cache ({:?}), reading in a thread", outcome
-        );
-        let task = task_for(c.as_ptr())?;
-        let ctx = ctx(task);
-        let end = parts.iter().map(|p| p.at + p.len).max().unwrap_or(0);
-        if (*ctx).scratch.len() < end {
-            (*ctx).scratch.resize(end, 0);
-        }
-        (&mut (*ctx).work.parts)[..parts.len()].copy_from_slice(parts);
-        let job = Job::Read {
-            fd,
-            base: (*ctx).scratch.as_mut_ptr(),
-            nparts: parts.len(),
-        };
-        start(c, task, file, ptr::null_mut(), job)?;
-        hold_stream(ctx, file);
-        Ok(Read::Offloaded)
     }
+
+    /// Sends `size` bytes of the file run at buffer `b`, a buffer in this
+    /// file, in a thread.
+    ///
+    /// # Safety
+    /// As for [`start`]; `b` is the chain's head, and
+    /// [`ssl::kernel_allowed`] holds.
+    pub unsafe fn sendfile(
+        self,
+        c: Connection,
+        b: *mut ngx_buf_t,
+        size: usize,
+    ) -> Result<Io, Fatal> {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            debug!(c.log(), "SSL to sendfile: @{} {}", (*b).file_pos, size);
+            let job = Job::Sendfile {
+                socket: c.fd(),
+                fd: self.fd,
+                offset: (*b).file_pos,
+                size,
+            };
+            start(c, task_for(c.as_ptr())?, self.file, b, job)?;
+            Ok(Io::Offloaded)
+        }
+    }
+
+    /// Whether `len` bytes of the file from `offset` are in the page cache,
+    /// so that splicing them cannot wait for the disk (pages on their way
+    /// in count: such a splice waits only for that read).
+    pub fn cached(self, offset: i64, len: usize) -> bool {
+        page_cached(self.fd, offset, len)
+    }
+}
+
+/// `cachestat()` (Linux 6.5, the same number on every architecture); the
+/// `libc` crate does not name it everywhere.
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// Whether every page of `len` bytes of `fd` from `offset` is in the page
+/// cache.  Pages on their way in count as there.
+fn page_cached(fd: c_int, offset: i64, len: usize) -> bool {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    // SAFETY: sysconf() has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let Ok(offset) = u64::try_from(offset) else {
+        return false;
+    };
+    if len == 0 {
+        return true;
+    }
+    let range = Range {
+        off: offset,
+        len: len as u64,
+    };
+    let mut stat = Stat::default();
+    // SAFETY: both structures are laid out as the kernel's.
+    let rc = unsafe { libc::syscall(SYS_CACHESTAT, fd, &range, &mut stat, 0) };
+    let pages = (offset + len as u64).div_ceil(page) - offset / page;
+    rc == 0 && stat.nr_cache >= pages
 }
 
 /// Copies what a finished read got into the TLS buffer at `base`, where
@@ -833,27 +919,6 @@ unsafe fn release_stream(ctx: *mut Ctx) {
         if !fc.is_null() {
             (*fc).set_buffered((*fc).buffered() & !NGX_SSL_BUFFERED);
         }
-    }
-}
-
-/// Sends `size` bytes of the file run at buffer `b` in a thread.
-///
-/// # Safety
-/// As for [`start`]; `b` is the chain's head, a buffer in a file, and
-/// [`ssl::kernel_allowed`] holds.
-pub unsafe fn sendfile(c: Connection, b: *mut ngx_buf_t, size: usize) -> Result<Io, Fatal> {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        let file = (*b).file;
-        debug!(c.log(), "SSL to sendfile: @{} {}", (*b).file_pos, size);
-        let job = Job::Sendfile {
-            socket: c.fd(),
-            fd: (*file).fd,
-            offset: (*b).file_pos,
-            size,
-        };
-        start(c, task_for(c.as_ptr())?, file, b, job)?;
-        Ok(Io::Offloaded)
     }
 }
 

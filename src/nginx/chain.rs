@@ -7,9 +7,7 @@ use nginx_sys::{
 use crate::decide::plan::{Chain, Collected, Fatal, Head, Io, Kind, Piped, Read, Transport};
 use crate::io::connection::Connection;
 use crate::io::pread::{self, Part, MAX_PARTS};
-#[cfg(ngx_feature = "threads")]
-use crate::io::thread;
-use crate::io::{splice, ssl};
+use crate::io::{splice, ssl, thread};
 
 /// An `ngx_chain_t` being sent on connection `c`.
 pub struct NgxChain<'a> {
@@ -137,9 +135,8 @@ impl Chain for NgxChain<'_> {
         // SAFETY: the parts lie inside mem (the plan checked the room), and
         // the file is open while the chain is being sent.
         unsafe {
-            #[cfg(ngx_feature = "threads")]
-            if thread::offloads(self.file) {
-                return thread::read(self.c, self.file, base, parts);
+            if let Some(offloader) = thread::offloader(self.file) {
+                return offloader.read(self.c, base, parts);
             }
             let outcome = pread::read_parts((*self.file).fd, base, parts, 0);
             pread::report(self.c.log(), self.file, parts, outcome)?;
@@ -165,25 +162,13 @@ pub struct Tls<'a> {
 }
 
 impl<'a> Transport<NgxChain<'a>> for Tls<'a> {
-    #[cfg(ngx_feature = "threads")]
     fn busy(&mut self) -> Result<bool, Fatal> {
         thread::busy(self.c)
     }
 
-    #[cfg(not(ngx_feature = "threads"))]
-    fn busy(&mut self) -> Result<bool, Fatal> {
-        Ok(false)
-    }
-
-    #[cfg(ngx_feature = "threads")]
     fn collect(&mut self, chain: &NgxChain) -> Result<Collected, Fatal> {
         // SAFETY: the chain is the one the send path was called with.
         unsafe { thread::collect(self.c, chain.head) }
-    }
-
-    #[cfg(not(ngx_feature = "threads"))]
-    fn collect(&mut self, _chain: &NgxChain) -> Result<Collected, Fatal> {
-        Ok(Collected::Nothing)
     }
 
     fn kernel_allowed(&mut self) -> bool {
@@ -204,9 +189,8 @@ impl<'a> Transport<NgxChain<'a>> for Tls<'a> {
         // kernel_allowed() holds.
         unsafe {
             let b = (*chain.head).buf;
-            #[cfg(ngx_feature = "threads")]
-            if thread::offloads((*b).file) {
-                return thread::sendfile(self.c, b, len);
+            if let Some(offloader) = thread::offloader((*b).file) {
+                return offloader.sendfile(self.c, b, len);
             }
             ssl::sendfile(self.c, b, len)
         }
@@ -217,26 +201,19 @@ impl<'a> Transport<NgxChain<'a>> for Tls<'a> {
             return false;
         }
         // SAFETY: the plan pipes a file run from the head, a file buffer.
-        unsafe {
-            #[cfg(ngx_feature = "threads")]
-            {
-                // A disk read belongs in a thread: that goes through the
-                // buffer.
-                let b = (*chain.head).buf;
-                if thread::offloads((*b).file)
-                    && !splice::cached((*(*b).file).fd, (*b).file_pos, len)
-                {
-                    debug!(
-                        self.c.log(),
-                        "splice: @{} {} not in the page cache",
-                        (*b).file_pos,
-                        len
-                    );
-                    return false;
-                }
-            }
-            #[cfg(not(ngx_feature = "threads"))]
-            let _ = (chain, len);
+        let (file, pos) = unsafe {
+            let b = (*chain.head).buf;
+            ((*b).file, (*b).file_pos)
+        };
+        // SAFETY: the file buffer's file is open while the chain is sent.
+        let offloader = unsafe { thread::offloader(file) };
+        // A disk read belongs in a thread: that goes through the buffer.
+        if offloader.is_some_and(|o| !o.cached(pos, len)) {
+            debug!(
+                self.c.log(),
+                "splice: @{} {} not in the page cache", pos, len
+            );
+            return false;
         }
         splice::hold_pipe(self.c)
     }

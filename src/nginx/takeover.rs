@@ -12,7 +12,7 @@ use nginx_sys::{
 use crate::decide::conf::ServerConf;
 use crate::decide::plan::{self, Fatal, Io, SendBuf};
 use crate::io::connection::Connection;
-use crate::io::{kernel, key_update, splice, ssl};
+use crate::io::{kernel, key_update, splice, ssl, thread};
 use crate::nginx::chain::{NgxChain, Tls};
 
 /// `NGX_CHAIN_ERROR`.
@@ -135,29 +135,6 @@ fn report_ktls_refused(c: Connection) {
     );
 }
 
-/// Whether a thread task works for `c` (`aio threads`).
-fn task_working(c: Connection) -> bool {
-    #[cfg(ngx_feature = "threads")]
-    return crate::io::thread::working(c);
-    #[cfg(not(ngx_feature = "threads"))]
-    {
-        let _ = c;
-        false
-    }
-}
-
-/// Whether a thread task works for `c`; one that the poster declined is
-/// posted again.
-fn task_busy(c: Connection) -> Result<bool, Fatal> {
-    #[cfg(ngx_feature = "threads")]
-    return crate::io::thread::busy(c);
-    #[cfg(not(ngx_feature = "threads"))]
-    {
-        let _ = c;
-        Ok(false)
-    }
-}
-
 /// `c->send` on a taken-over connection: one `SSL_write()`.
 unsafe extern "C" fn send(c: *mut ngx_connection_t, buf: *mut u_char, size: usize) -> isize {
     if size == 0 {
@@ -179,7 +156,7 @@ unsafe extern "C" fn send(c: *mut ngx_connection_t, buf: *mut u_char, size: usiz
 /// What `c->send` does: nothing while a thread works, nothing with a
 /// stale key, and the pipe's bytes first, which were sent before these.
 fn send_memory(c: Connection, data: &[u8]) -> Result<Io, Fatal> {
-    if task_busy(c)? {
+    if thread::busy(c)? {
         return Ok(Io::Again);
     }
     key_update::check(c)?;
@@ -209,7 +186,7 @@ unsafe extern "C" fn send_chain(
     };
     // While a thread task works nothing is written, and the connection
     // must not end under it: the next call checks.
-    if !task_working(c) && key_update::check(c).is_err() {
+    if !thread::working(c) && key_update::check(c).is_err() {
         return CHAIN_ERROR;
     }
     // SAFETY: the TLS buffer is the connection's, allocated from its pool
@@ -274,8 +251,7 @@ unsafe fn send_buffered(
     // SAFETY: the caller's promise.
     unsafe {
         let start = (*b).start;
-        #[cfg(ngx_feature = "threads")]
-        crate::io::thread::land(c, start);
+        thread::land(c, start);
         let mut buf = SendBuf {
             mem: core::slice::from_raw_parts_mut(start, (*b).end.offset_from(start) as usize),
             pos: (*b).pos.offset_from(start) as usize,
