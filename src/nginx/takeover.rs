@@ -6,7 +6,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use nginx_sys::{
     ngx_buf_t, ngx_chain_t, ngx_connection_t, ngx_http_request_t, ngx_pagesize, ngx_pcalloc,
-    ngx_ssl_send_chain, ngx_ssl_write, off_t, u_char, NGX_AGAIN, NGX_ERROR, NGX_LOG_NOTICE,
+    ngx_ssl_send_chain, ngx_ssl_write, off_t, u_char, NGX_AGAIN, NGX_ERROR, NGX_LOG_ALERT,
+    NGX_LOG_NOTICE,
 };
 
 use crate::decide::conf::ServerConf;
@@ -220,6 +221,17 @@ unsafe fn tls_buffer(c: Connection) -> Option<*mut ngx_buf_t> {
             (*ssl).buf = b;
         }
         if (*b).start.is_null() {
+            // ngx_ssl_free_buffer() keeps pos and last: apart, they say
+            // that bytes were freed before they were sent.
+            if (*b).pos != (*b).last {
+                log_error!(
+                    NGX_LOG_ALERT,
+                    c.log(),
+                    "ktls: the TLS buffer was freed with {} bytes unsent",
+                    (*b).last.offset_from((*b).pos)
+                );
+                return None;
+            }
             // First use, or ngx_ssl_free_buffer() released it while the
             // connection idled.  Zeroed: the buffer is handed to Rust as
             // initialised bytes.
